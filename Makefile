@@ -1,0 +1,57 @@
+# Two commands for a newcomer: `make quickstart` and `make test`. Both set everything up first
+# (Debian packages for headless rendering, a virtual environment in .venv, the project in it).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Headless OpenGL for MuJoCo through EGL (Mesa's software renderer when there is no GPU).
+APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri
+export MUJOCO_GL ?= egl
+
+.PHONY: setup quickstart test test-slow lint format bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+setup: $(VENV)/.installed
+
+## Roll the scripted experts out on MT10: success per task and mp4s under data/quickstart/.
+quickstart: setup
+	$(VENV)/bin/il eval --env metaworld/MT10 --policy expert --episodes-per-task 10 \
+		--video data/quickstart/videos --json data/quickstart/results.json
+
+## Lint, then the fast tests (slow ones are marked and run by `make test-slow`).
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/pytest -m "not slow"; rc=$$?; \
+	if [ $$rc = 5 ]; then echo "error: no tests were collected"; exit 1; fi; exit $$rc
+
+test-slow: setup
+	@$(VENV)/bin/pytest -m slow; rc=$$?; \
+	if [ $$rc = 5 ]; then echo "error: no slow tests were collected"; exit 1; fi; exit $$rc
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+## Every benchmark under benchmarks/, each printing its table.
+bench: setup
+	$(PY) benchmarks/render.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

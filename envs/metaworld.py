@@ -1,0 +1,463 @@
+"""Meta-World v3 tasks and benchmark suites behind one gymnasium interface.
+
+Meta-World's `reset(seed)` does not pick the task variation (object and goal positions): a
+variation is a `Task` from a benchmark, applied with `set_task`. This module builds the benchmark
+once per process, hands each environment the variations of its task, and lets the episode seed
+choose among them, so `reset(seed=s)` reproduces the same episode on every run and machine.
+
+Observations are a dict: `state` (39 float32: hand, gripper, objects, previous frame, goal) and
+`image/<camera>` (h w 3 uint8, upright). Corner cameras of the Meta-World scene look at the table
+upside down; they are turned 180° about their viewing axis in the model itself, so images, camera
+models and segmentation all agree without flipping pixels afterwards.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import metaworld
+import mujoco
+import numpy as np
+
+from envs.camera import CameraModel
+from envs.rendering import Renderer, RenderOptions
+
+__all__ = [
+    "DIFFICULTY",
+    "INSTRUCTIONS",
+    "TASKS",
+    "MetaWorldEnv",
+    "Suite",
+    "SuiteTask",
+    "UnknownNameError",
+    "load_suite",
+]
+
+TASKS: tuple[str, ...] = tuple(metaworld.env_dict.ALL_V3_ENVIRONMENTS)
+"""All 50 Meta-World v3 task names."""
+
+# Difficulty groups of Seo et al. 2022 (Masked World Models), as LeRobot's users know them.
+DIFFICULTY: dict[str, tuple[str, ...]] = {
+    "easy": (
+        "button-press-v3", "button-press-topdown-v3", "button-press-topdown-wall-v3",
+        "button-press-wall-v3", "coffee-button-v3", "dial-turn-v3", "door-close-v3",
+        "door-lock-v3", "door-open-v3", "door-unlock-v3", "drawer-close-v3", "drawer-open-v3",
+        "faucet-close-v3", "faucet-open-v3", "handle-press-v3", "handle-press-side-v3",
+        "handle-pull-v3", "handle-pull-side-v3", "lever-pull-v3", "plate-slide-v3",
+        "plate-slide-back-v3", "plate-slide-back-side-v3", "plate-slide-side-v3", "reach-v3",
+        "reach-wall-v3", "window-close-v3", "window-open-v3", "peg-unplug-side-v3",
+    ),
+    "medium": (
+        "basketball-v3", "bin-picking-v3", "box-close-v3", "coffee-pull-v3", "coffee-push-v3",
+        "hammer-v3", "peg-insert-side-v3", "push-wall-v3", "soccer-v3", "sweep-v3",
+        "sweep-into-v3",
+    ),
+    "hard": (
+        "assembly-v3", "hand-insert-v3", "pick-out-of-hole-v3", "pick-place-v3", "push-v3",
+        "push-back-v3",
+    ),
+    "very_hard": (
+        "shelf-place-v3", "disassemble-v3", "stick-pull-v3", "stick-push-v3",
+        "pick-place-wall-v3",
+    ),
+}  # fmt: skip
+
+# One instruction per task, in the imperative a person would say to the robot.
+INSTRUCTIONS: dict[str, str] = {
+    "assembly-v3": "put the ring onto the peg",
+    "basketball-v3": "pick up the ball and drop it into the hoop",
+    "bin-picking-v3": "move the puck from the left bin into the right bin",
+    "box-close-v3": "pick up the lid and close the box",
+    "button-press-topdown-v3": "press the button down from above",
+    "button-press-topdown-wall-v3": "press the button down from above, behind the wall",
+    "button-press-v3": "push the button in from the front",
+    "button-press-wall-v3": "reach past the wall and push the button in",
+    "coffee-button-v3": "press the button on the coffee machine",
+    "coffee-pull-v3": "pull the mug away from the coffee machine",
+    "coffee-push-v3": "push the mug under the coffee machine",
+    "dial-turn-v3": "turn the dial",
+    "disassemble-v3": "lift the ring off the peg",
+    "door-close-v3": "swing the door shut",
+    "door-lock-v3": "turn the door lock down to lock it",
+    "door-open-v3": "pull the door open by its handle",
+    "door-unlock-v3": "turn the door lock to unlock it",
+    "drawer-close-v3": "push the drawer closed",
+    "drawer-open-v3": "pull the drawer open",
+    "faucet-close-v3": "turn the faucet handle to close it",
+    "faucet-open-v3": "turn the faucet handle to open it",
+    "hammer-v3": "pick up the hammer and drive the nail into the wall",
+    "hand-insert-v3": "move the gripper into the hole in the table",
+    "handle-press-side-v3": "press the handle down from the side",
+    "handle-press-v3": "press the handle down",
+    "handle-pull-side-v3": "pull the handle up from the side",
+    "handle-pull-v3": "pull the handle up",
+    "lever-pull-v3": "pull the lever up",
+    "peg-insert-side-v3": "pick up the peg and insert it sideways into the hole",
+    "peg-unplug-side-v3": "pull the peg out of the hole sideways",
+    "pick-out-of-hole-v3": "pick the puck out of the hole and lift it to the goal",
+    "pick-place-v3": "pick up the puck and place it at the goal",
+    "pick-place-wall-v3": "pick up the puck, lift it over the wall and place it at the goal",
+    "plate-slide-back-side-v3": "slide the plate sideways out of the cabinet",
+    "plate-slide-back-v3": "slide the plate back out of the cabinet",
+    "plate-slide-side-v3": "slide the plate sideways into the cabinet",
+    "plate-slide-v3": "slide the plate into the cabinet",
+    "push-back-v3": "push the puck back to the goal",
+    "push-v3": "push the puck to the goal",
+    "push-wall-v3": "push the puck around the wall to the goal",
+    "reach-v3": "move the gripper to the goal",
+    "reach-wall-v3": "move the gripper over the wall to the goal",
+    "shelf-place-v3": "pick up the puck and put it on the shelf",
+    "soccer-v3": "push the ball into the goal",
+    "stick-pull-v3": "grasp the stick and use it to pull the container to the goal",
+    "stick-push-v3": "grasp the stick and use it to push the container to the goal",
+    "sweep-into-v3": "sweep the puck into the hole",
+    "sweep-v3": "sweep the puck off the table",
+    "window-close-v3": "slide the window closed",
+    "window-open-v3": "slide the window open",
+}
+
+BENCHMARKS = ("MT1", "MT10", "MT50", "ML1", "ML10", "ML45")
+SUITES = (*BENCHMARKS, *DIFFICULTY)
+CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+
+
+class UnknownNameError(ValueError):
+    """An unknown env, suite, split or camera name; the message lists valid or close names."""
+
+
+def unknown(kind: str, name: str, valid: Sequence[str]) -> UnknownNameError:
+    """The one-line error for an unknown name: the closest valid names, or all of them."""
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    if close:
+        hint = "did you mean " + " or ".join(repr(c) for c in close) + "?"
+    else:
+        hint = "valid: " + ", ".join(valid)
+    return UnknownNameError(f"unknown {kind} {name!r}; {hint}")
+
+
+def check_task(task: str) -> str:
+    """The canonical task name (`-v3` may be left off), or a one-line error."""
+    if task in TASKS:
+        return task
+    if f"{task}-v3" in TASKS:
+        return f"{task}-v3"
+    raise unknown("Meta-World task", task, TASKS)
+
+
+@dataclass(frozen=True)
+class SuiteTask:
+    """One task of a suite with its fixed variations (Meta-World `Task`s, in benchmark order)."""
+
+    name: str
+    index: int
+    """Position of the task in its suite: the task id for one-hot conditioning."""
+    variations: tuple[metaworld.Task, ...]
+
+    @property
+    def instruction(self) -> str:
+        return INSTRUCTIONS[self.name]
+
+
+@functools.lru_cache(maxsize=16)
+def _benchmark(kind: str, task: str | None, seed: int) -> metaworld.Benchmark:
+    if kind in ("MT1", "ML1"):
+        return getattr(metaworld, kind)(task, seed=seed)
+    return getattr(metaworld, kind)(seed=seed)
+
+
+def _group_variations(tasks: Sequence[metaworld.Task], names: Sequence[str]) -> list[SuiteTask]:
+    by_name: dict[str, list[metaworld.Task]] = {n: [] for n in names}
+    for t in tasks:
+        by_name[t.env_name].append(t)
+    return [SuiteTask(n, i, tuple(by_name[n])) for i, n in enumerate(names)]
+
+
+def load_suite_tasks(
+    kind: str, split: str = "train", task: str | None = None, seed: int = 0
+) -> list[SuiteTask]:
+    """The tasks of a Meta-World benchmark or difficulty group with their variations."""
+    if kind in DIFFICULTY:
+        if split != "train":
+            raise unknown(f"split for the {kind} group", split, ["train"])
+        return [
+            SuiteTask(name, i, load_suite_tasks("MT1", "train", name, seed)[0].variations)
+            for i, name in enumerate(DIFFICULTY[kind])
+        ]
+    if kind not in BENCHMARKS:
+        raise unknown("Meta-World suite", kind, SUITES)
+    splits = ("train",) if kind.startswith("MT") else ("train", "test")
+    if split not in splits:
+        raise unknown(f"split for {kind}", split, splits)
+    if kind in ("MT1", "ML1"):
+        if task is None:
+            raise UnknownNameError(f"{kind} needs a task, e.g. 'metaworld/{kind}/pick-place-v3'")
+        task = check_task(task)
+    bench = _benchmark(kind, task, seed)
+    if kind == "ML1" and split == "test":
+        # ML1's test tasks are other variations of the same task.
+        return _group_variations(bench.test_tasks, [task])
+    classes = bench.train_classes if split == "train" else bench.test_classes
+    tasks = bench.train_tasks if split == "train" else bench.test_tasks
+    return _group_variations(tasks, list(classes))
+
+
+def _upright_cameras(model: mujoco.MjModel, data: mujoco.MjData) -> None:
+    """Turn world-fixed cameras whose image 'up' points below the horizon by 180° about their
+    optical axis, so every image shows the table the right way up."""
+    mujoco.mj_forward(model, data)
+    half_turn = np.array([0.0, 0.0, 0.0, 1.0])  # 180° about the camera's own z (view) axis
+    for cam_id in range(model.ncam):
+        if model.cam_bodyid[cam_id] != 0:
+            continue  # cameras riding on the arm keep their mounting
+        up_world = data.cam_xmat[cam_id].reshape(3, 3)[:, 1]
+        if up_world[2] < 0:
+            quat = np.empty(4)
+            mujoco.mju_mulQuat(quat, model.cam_quat[cam_id].copy(), half_turn)
+            model.cam_quat[cam_id] = quat
+    mujoco.mj_forward(model, data)
+
+
+class MetaWorldEnv(gym.Env):
+    """A single Meta-World task with dict observations, fast cameras and seeded variations.
+
+    `reset(seed=s)` plays variation `s mod n` (n = 50 for Meta-World's benchmarks), so seeds
+    0..n-1 visit every variation once; `reset()` without a seed draws one from the env's RNG;
+    `reset(options={"variation": k})` picks variation k directly. Episodes are deterministic given
+    the variation and the actions.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 80}  # noqa: RUF012
+
+    def __init__(
+        self,
+        task: str,
+        variations: Sequence[metaworld.Task],
+        *,
+        obs: Sequence[str] = ("state",),
+        image_size: int | tuple[int, int] = 84,
+        max_episode_steps: int = 500,
+        terminate_on_success: bool = False,
+        render_mode: str | None = None,
+        render_camera: str = "corner",
+        render_size: int | tuple[int, int] | None = None,
+        render_options: RenderOptions | None = None,
+        task_index: int = 0,
+        suite: str | None = None,
+    ) -> None:
+        task = check_task(task)
+        if not variations:
+            raise ValueError(f"{task}: no variations given")
+        if max_episode_steps <= 0:
+            raise ValueError(f"max_episode_steps must be positive, got {max_episode_steps}")
+        self.task = task
+        self.task_index = task_index
+        self.suite = suite
+        self.instruction = INSTRUCTIONS[task]
+        self.variations = tuple(variations)
+        self.max_episode_steps = int(max_episode_steps)
+        self.terminate_on_success = terminate_on_success
+        self.render_mode = render_mode
+        self.render_camera = render_camera
+
+        self.sim = metaworld.env_dict.ALL_V3_ENVIRONMENTS[task]()
+        self.sim.max_path_length = self.max_episode_steps
+        self.sim.set_task(self.variations[0])
+        _upright_cameras(self.sim.model, self.sim.data)
+
+        self.obs_keys = tuple(obs)
+        self.cameras = tuple(k.split("/", 1)[1] for k in self.obs_keys if k.startswith("image/"))
+        for key in self.obs_keys:
+            if key != "state" and not key.startswith("image/"):
+                raise unknown("observation key", key, ["state", *(f"image/{c}" for c in CAMERAS)])
+        for cam in (*self.cameras, render_camera):
+            if cam not in CAMERAS:
+                raise unknown("camera", cam, CAMERAS)
+        w, h = (image_size, image_size) if isinstance(image_size, int) else image_size
+        self.image_size = (int(w), int(h))
+        rw, rh = (
+            self.image_size
+            if render_size is None
+            else (render_size, render_size)
+            if isinstance(render_size, int)
+            else render_size
+        )
+        self.render_size = (int(rw), int(rh))
+        self.render_options = render_options or RenderOptions()
+        self._renderer = Renderer(self.sim.model, w, h, self.render_options)
+        self._video_renderer = (
+            self._renderer
+            if self.render_size == self.image_size
+            else Renderer(self.sim.model, rw, rh, self.render_options)
+        )
+
+        spaces: dict[str, gym.Space] = {}
+        for key in self.obs_keys:
+            if key == "state":
+                space = self.sim.sawyer_observation_space
+                spaces[key] = gym.spaces.Box(
+                    space.low.astype(np.float32), space.high.astype(np.float32), dtype=np.float32
+                )
+            else:
+                spaces[key] = gym.spaces.Box(0, 255, (h, w, 3), dtype=np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), dtype=np.float32)
+        self.variation: int | None = None
+        self._steps = 0
+
+    # --- gymnasium API -------------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        options = options or {}
+        if "variation" in options:
+            variation = int(options["variation"])
+            if not 0 <= variation < len(self.variations):
+                raise ValueError(
+                    f"variation {variation} out of range: {self.task} has "
+                    f"{len(self.variations)} variations (0..{len(self.variations) - 1})"
+                )
+        elif seed is not None:
+            # Seed s is variation s mod n: seeds 0..n-1 visit every variation once.
+            variation = seed % len(self.variations)
+        else:
+            variation = int(self.np_random.integers(len(self.variations)))
+        self.variation = variation
+        self.sim.set_task(self.variations[variation])
+        state, _ = self.sim.reset()
+        self._steps = 0
+        return self._observe(state), {"variation": variation, "task": self.task, "success": False}
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        if self.variation is None:
+            raise RuntimeError("call reset() before step()")
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (4,):
+            raise ValueError(f"{self.task}: action must have shape (4,), got {action.shape}")
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"{self.task}: action contains NaN or inf: {action}")
+        state, reward, _, truncated, info = self.sim.step(np.clip(action, -1.0, 1.0))
+        self._steps += 1
+        success = bool(info.get("success", False))
+        info = {**info, "success": success, "variation": self.variation, "task": self.task}
+        terminated = self.terminate_on_success and success
+        truncated = bool(truncated) or self._steps >= self.max_episode_steps
+        return self._observe(state), float(reward), terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        return self._video_renderer.render(self.sim.data, self.render_camera)
+
+    def close(self) -> None:
+        self._renderer.close()
+        self._video_renderer.close()
+        self.sim.close()
+
+    # --- cameras -------------------------------------------------------------------------------
+    def render_camera_image(self, camera: str, size: tuple[int, int] | None = None) -> np.ndarray:
+        """An upright RGB image of any scene camera, at the observation size by default."""
+        if camera not in CAMERAS:
+            raise unknown("camera", camera, CAMERAS)
+        if size is None or tuple(size) == self.image_size:
+            return self._renderer.render(self.sim.data, camera)
+        if tuple(size) == self.render_size:
+            return self._video_renderer.render(self.sim.data, camera)
+        raise ValueError(f"size {size} is neither image_size nor render_size")
+
+    def segmentation(self, camera: str) -> np.ndarray:
+        """Per-pixel (object id, object type) at the observation size."""
+        return self._renderer.segmentation(self.sim.data, camera)
+
+    def camera_model(self, camera: str, size: tuple[int, int] | None = None) -> CameraModel:
+        """Intrinsics and current extrinsics of `camera` at `size` (observation size by default)."""
+        if camera not in CAMERAS:
+            raise unknown("camera", camera, CAMERAS)
+        w, h = size or self.image_size
+        return CameraModel.from_mujoco(self.sim.model, self.sim.data, camera, w, h)
+
+    # --- helpers -------------------------------------------------------------------------------
+    @property
+    def model(self) -> mujoco.MjModel:
+        return self.sim.model
+
+    @property
+    def data(self) -> mujoco.MjData:
+        return self.sim.data
+
+    def _observe(self, state: np.ndarray) -> dict[str, np.ndarray]:
+        obs: dict[str, np.ndarray] = {}
+        for key in self.obs_keys:
+            if key == "state":
+                obs[key] = np.asarray(state, dtype=np.float32)
+            else:
+                obs[key] = self._renderer.render(self.sim.data, key[6:])
+        return obs
+
+
+def _make_env(task: SuiteTask, suite: str | None, kwargs: dict[str, Any]) -> MetaWorldEnv:
+    return MetaWorldEnv(task.name, task.variations, task_index=task.index, suite=suite, **kwargs)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A list of tasks with fixed variations: a Meta-World benchmark split or a difficulty group."""
+
+    name: str
+    split: str
+    tasks: tuple[SuiteTask, ...]
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self):
+        return iter(self.tasks)
+
+    def task(self, name: str) -> SuiteTask:
+        for t in self.tasks:
+            if t.name == name or t.name == f"{name}-v3":
+                return t
+        raise unknown(f"task of {self.name}", name, self.task_names)
+
+    def make(self, task: str | int, **kwargs: Any) -> MetaWorldEnv:
+        """One environment of the suite; keyword arguments as for `MetaWorldEnv`."""
+        suite_task = self.tasks[task] if isinstance(task, int) else self.task(task)
+        return _make_env(suite_task, self.name, kwargs)
+
+    def env_fns(self, envs_per_task: int = 1, **kwargs: Any) -> list[Callable[[], MetaWorldEnv]]:
+        """Picklable constructors, task-major: `envs_per_task` copies of each task in order."""
+        return [
+            functools.partial(_make_env, t, self.name, dict(kwargs))
+            for t in self.tasks
+            for _ in range(envs_per_task)
+        ]
+
+    def make_vec(
+        self, envs_per_task: int = 1, vectorization_mode: str = "sync", **kwargs: Any
+    ) -> gym.vector.VectorEnv:
+        """All tasks in one vector env. `async` runs each env in its own process (spawned, so
+        no GL or zarr state crosses a fork)."""
+        fns = self.env_fns(envs_per_task, **kwargs)
+        if vectorization_mode == "sync":
+            return gym.vector.SyncVectorEnv(fns)
+        if vectorization_mode == "async":
+            return gym.vector.AsyncVectorEnv(fns, context="spawn")
+        raise unknown("vectorization mode", vectorization_mode, ["sync", "async"])
+
+
+def load_suite(kind: str, split: str = "train", task: str | None = None, seed: int = 0) -> Suite:
+    """A suite by its short name (`MT10`, `ML45`, `easy`, `MT1` with `task`, ...)."""
+    tasks = load_suite_tasks(kind, split, task, seed)
+    name = f"metaworld/{kind}" + (f"/{task}" if task else "")
+    return Suite(name=name, split=split, tasks=tuple(tasks))

@@ -1,0 +1,128 @@
+"""Fast offscreen rendering for MuJoCo environments.
+
+Learning from pixels renders every step of every episode, so the renderer sits on the hot path
+of recording and evaluation. Meta-World's default `render()` draws shadows from a 4096² shadow
+map, reflections and 4× multisampling, which on a software GL (EGL on a CPU box) costs more than
+ten times the frame itself. Here one renderer per environment is created lazily in the process
+that uses it (safe under `fork`/`spawn` vector envs), reused for every camera and frame, and the
+expensive effects are off unless asked for.
+
+MuJoCo's GL context frees itself in `__del__`; at interpreter shutdown EGL may already be gone and
+that prints a traceback. Every live renderer is therefore closed from an `atexit` hook, which runs
+before module teardown.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import sys
+import weakref
+from dataclasses import dataclass
+
+if sys.platform.startswith("linux"):
+    os.environ.setdefault("MUJOCO_GL", "egl")
+
+import mujoco
+import numpy as np
+
+__all__ = ["RenderOptions", "Renderer"]
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Visual effects of the offscreen renderer. All off by default: they cost time and add
+    nothing a policy needs; turn them on for videos meant for people."""
+
+    shadows: bool = False
+    """Shadow mapping (Meta-World's default uses a 4096² shadow map)."""
+    reflections: bool = False
+    """Mirror reflections of reflective materials (the table top)."""
+    antialias: bool = False
+    """4× multisample anti-aliasing."""
+    skybox: bool = False
+    """Draw the skybox behind the scene."""
+
+    @classmethod
+    def pretty(cls) -> RenderOptions:
+        """Every effect on, as Meta-World renders by default: for videos."""
+        return cls(shadows=True, reflections=True, antialias=True, skybox=True)
+
+
+_LIVE: weakref.WeakSet[Renderer] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for renderer in list(_LIVE):
+        renderer.close()
+
+
+class Renderer:
+    """One reusable offscreen renderer bound to a model; renders any of its cameras.
+
+    The GL context is created on the first call, not in `__init__`, so an environment can be
+    built in one process and stepped in another.
+    """
+
+    def __init__(
+        self, model: mujoco.MjModel, width: int, height: int, options: RenderOptions | None = None
+    ) -> None:
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+        self.model = model
+        self.width = int(width)
+        self.height = int(height)
+        self.options = options or RenderOptions()
+        self._renderer: mujoco.Renderer | None = None
+        self._owner_pid: int | None = None
+
+    def _ensure(self) -> mujoco.Renderer:
+        if self._renderer is not None and self._owner_pid == os.getpid():
+            return self._renderer
+        # A renderer inherited through fork holds a context of the parent: never touch it.
+        self._renderer = None
+        vis = self.model.vis
+        vis.quality.offsamples = 4 if self.options.antialias else 0
+        if not self.options.shadows:
+            vis.quality.shadowsize = 0
+        vis.global_.offwidth = max(int(vis.global_.offwidth), self.width)
+        vis.global_.offheight = max(int(vis.global_.offheight), self.height)
+        renderer = mujoco.Renderer(self.model, self.height, self.width)
+        flags = renderer.scene.flags
+        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = self.options.shadows
+        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = self.options.reflections
+        flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = self.options.skybox
+        self._renderer = renderer
+        self._owner_pid = os.getpid()
+        _LIVE.add(self)
+        return renderer
+
+    def render(self, data: mujoco.MjData, camera: str | int) -> np.ndarray:
+        """RGB image `(h w 3)` uint8 of `camera` for the state in `data`; a fresh array."""
+        renderer = self._ensure()
+        renderer.update_scene(data, camera=camera)
+        return renderer.render()
+
+    def segmentation(self, data: mujoco.MjData, camera: str | int) -> np.ndarray:
+        """Per-pixel `(object id, object type)` `(h w 2)` int32; id -1 is background."""
+        renderer = self._ensure()
+        renderer.enable_segmentation_rendering()
+        try:
+            renderer.update_scene(data, camera=camera)
+            return renderer.render()
+        finally:
+            renderer.disable_segmentation_rendering()
+
+    def close(self) -> None:
+        """Free the GL context now (idempotent)."""
+        renderer, self._renderer = self._renderer, None
+        if renderer is not None and self._owner_pid == os.getpid():
+            renderer.close()
+        _LIVE.discard(self)
+
+    def __del__(self) -> None:
+        # Closing here (not at GC of the mujoco object) keeps teardown order under our control.
+        with contextlib.suppress(Exception):
+            self.close()

@@ -1,0 +1,221 @@
+"""The `il` command line: one verb per step of the loop.
+
+Errors a user can fix (an unknown name, a bad number, a missing file) are printed as one line
+that says what is wrong and how to fix it; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UserError(Exception):
+    """A mistake in the command's input; printed as one line, exit status 2."""
+
+
+@click.group(
+    name="il",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(package_name="il")
+def app() -> None:
+    """Robot imitation learning: record, store, train, evaluate, deploy, fine-tune."""
+
+
+def _expert_factory(task: object) -> object:
+    from il.policies import ExpertPolicy
+
+    return ExpertPolicy(task.name)  # type: ignore[attr-defined]
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@app.command("eval")
+@click.option(
+    "--env",
+    default="metaworld/MT10",
+    show_default=True,
+    help="Task or suite, e.g. metaworld/MT10 or metaworld/reach-v3.",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(["expert"]),
+    default="expert",
+    show_default=True,
+    help="Which policy to roll out: the scripted expert.",
+)
+@click.option(
+    "--split", default="train", show_default=True, help="Suite split: train, or test for ML suites."
+)
+@click.option("--episodes-per-task", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes [default: one per core, at most one per task].",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Episode k of each task is reset with seed + k.",
+)
+@click.option(
+    "--obs",
+    default="state",
+    show_default=True,
+    help="Observation keys, comma-separated, e.g. state,image/corner.",
+)
+@click.option("--image-size", type=click.IntRange(min=8), default=84, show_default=True)
+@click.option("--max-episode-steps", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option(
+    "--video",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for mp4s of the first episodes of each task.",
+)
+@click.option(
+    "--video-episodes",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Episodes filmed per task.",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write per-episode results as JSON here.",
+)
+def eval_(
+    env: str,
+    policy: str,
+    split: str,
+    episodes_per_task: int,
+    workers: int | None,
+    seed: int,
+    obs: str,
+    image_size: int,
+    max_episode_steps: int,
+    video: Path | None,
+    video_episodes: int,
+    json_out: Path | None,
+) -> None:
+    """Roll a policy out on a suite and print success per task."""
+    import envs
+    from il.evaluate import evaluate
+
+    try:
+        suite = envs.suite(env, split=split)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    workers = workers or min(_cpu_count(), len(suite.tasks))
+    total = len(suite.tasks) * episodes_per_task
+    columns = (
+        TextColumn("[bold]eval[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        job = bar.add_task(f"{policy} on {suite.name}", total=total)
+        report = evaluate(
+            suite,
+            _expert_factory,
+            policy_name=policy,
+            episodes_per_task=episodes_per_task,
+            workers=workers,
+            seed=seed,
+            obs=tuple(k.strip() for k in obs.split(",") if k.strip()),
+            image_size=image_size,
+            max_episode_steps=max_episode_steps,
+            video_dir=video,
+            video_episodes=video_episodes,
+            on_episode=functools.partial(bar.advance, job),
+        )
+    table = Table(title=f"{policy} on {suite.name} ({episodes_per_task} episodes per task)")
+    table.add_column("task")
+    table.add_column("success", justify="right")
+    table.add_column("mean length", justify="right")
+    for t in report.tasks:
+        table.add_row(t.task, f"{100 * t.success_rate:.0f}%", f"{t.mean_length:.0f}")
+    table.add_section()
+    table.add_row("[bold]mean", f"[bold]{100 * report.success_rate:.1f}%", "")
+    console.print(table)
+    console.print(
+        f"{report.steps} steps in {report.seconds:.1f} s "
+        f"({report.steps_per_second:.0f} steps/s, {workers} workers)"
+    )
+    if report.videos:
+        console.print(f"videos: {len(report.videos)} mp4 in {video}")
+    if json_out is not None:
+        report.write_json(json_out)
+        console.print(f"results: {json_out}")
+
+
+@app.command("envs")
+def envs_() -> None:
+    """List environments, suites and cameras."""
+    import envs
+
+    table = Table(title="Meta-World suites")
+    table.add_column("name")
+    table.add_column("tasks", justify="right")
+    table.add_column("splits")
+    for kind in envs.SUITES:
+        if kind in ("MT1", "ML1"):
+            table.add_row(
+                f"metaworld/{kind}/<task>", "1", "train" if kind == "MT1" else "train,test"
+            )
+        elif kind in envs.DIFFICULTY:
+            table.add_row(f"metaworld/{kind}", str(len(envs.DIFFICULTY[kind])), "train")
+        else:
+            n = {"MT10": "10", "MT50": "50", "ML10": "10 + 5", "ML45": "45 + 5"}[kind]
+            table.add_row(
+                f"metaworld/{kind}", n, "train" if kind.startswith("MT") else "train,test"
+            )
+    console.print(table)
+    console.print("[bold]tasks:[/] " + ", ".join(envs.list_envs()))
+    console.print("[bold]cameras:[/] " + ", ".join(envs.CAMERAS))
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    sys.exit(2)
+
+
+def main() -> None:
+    """Entry point of the `il` console script."""
+    try:
+        rc = app.main(standalone_mode=False)
+    except click.UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
+        where = e.ctx.command_path if e.ctx else "il"
+        _fail(f"{e.format_message()} (see '{where} --help')")
+    except UserError as e:
+        _fail(str(e))
+    except (KeyboardInterrupt, click.Abort):
+        err_console.print("interrupted")
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""Evaluation: roll policies out on a suite of tasks, in parallel, with fixed seeds.
+
+Work is split into jobs of a few tasks each; every job runs in its own spawned process and steps
+its tasks' environments together, one episode per task at a time, stepping only the environments
+whose episode is still running. Episode `k` of every task is reset with seed `seed + k`, which fixes
+its Meta-World variation: two runs of the same command produce the same table.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing as mp
+import os
+import queue
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+import envs
+from envs import RenderOptions, Suite, SuiteTask
+
+__all__ = ["EpisodeResult", "EvalReport", "Policy", "TaskResult", "evaluate"]
+
+
+class Policy(Protocol):
+    """What evaluation needs of a policy: one instance per environment."""
+
+    def reset(self) -> None: ...
+
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+PolicyFactory = Callable[[SuiteTask], Policy]
+"""Builds the policy for one task (picklable: it is sent to worker processes)."""
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    episode: int
+    seed: int
+    variation: int
+    success: bool
+    length: int
+    """Steps taken; the episode ends at the first success."""
+
+
+@dataclass
+class TaskResult:
+    task: str
+    episodes: list[EpisodeResult] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean([e.success for e in self.episodes])) if self.episodes else 0.0
+
+    @property
+    def mean_length(self) -> float:
+        return float(np.mean([e.length for e in self.episodes])) if self.episodes else 0.0
+
+
+@dataclass
+class EvalReport:
+    suite: str
+    policy: str
+    tasks: list[TaskResult]
+    seconds: float
+    steps: int
+    videos: list[str] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float:
+        """Mean over tasks of the per-task success rate (each task weighs the same)."""
+        return float(np.mean([t.success_rate for t in self.tasks])) if self.tasks else 0.0
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "suite": self.suite,
+            "policy": self.policy,
+            "success_rate": self.success_rate,
+            "seconds": self.seconds,
+            "steps": self.steps,
+            "steps_per_second": self.steps_per_second,
+            "videos": self.videos,
+            "tasks": {
+                t.task: {
+                    "success_rate": t.success_rate,
+                    "mean_length": t.mean_length,
+                    "episodes": [asdict(e) for e in t.episodes],
+                }
+                for t in self.tasks
+            },
+        }
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2))
+
+
+@dataclass(frozen=True)
+class _Job:
+    suite: str
+    tasks: tuple[SuiteTask, ...]
+    episodes_per_task: int
+    seed: int
+    env_kwargs: dict[str, Any]
+    policy_factory: PolicyFactory
+    video_dir: str | None
+    video_episodes: int
+    video_size: int
+
+
+def _run_job(job: _Job, progress: Any = None) -> tuple[list[EpisodeResult], int, list[str]]:
+    """Run every episode of the job's tasks, stepping the unfinished environments together."""
+    record = job.video_dir is not None and job.video_episodes > 0
+    kwargs = dict(job.env_kwargs)
+    if record:
+        kwargs.update(
+            render_mode="rgb_array",
+            render_size=job.video_size,
+            render_options=RenderOptions(antialias=True),
+        )
+    suite = Suite(job.suite, "train", job.tasks)
+    env_list = [fn() for fn in suite.env_fns(1, **kwargs)]
+    policies = [job.policy_factory(t) for t in job.tasks]
+    results: list[EpisodeResult] = []
+    videos: list[str] = []
+    total_steps = 0
+    for episode in range(job.episodes_per_task):
+        seed = job.seed + episode
+        filming = record and episode < job.video_episodes
+        observations = {}
+        frames: dict[int, list[np.ndarray]] = {}
+        for i, env in enumerate(env_list):
+            observations[i], _ = env.reset(seed=seed)
+            policies[i].reset()
+            if filming:
+                frames[i] = [env.render()]
+        lengths = dict.fromkeys(observations, 0)
+        while observations:
+            # One policy call per live env; a batched policy would take them all at once here.
+            actions = {i: policies[i].act(o) for i, o in observations.items()}
+            for i, action in actions.items():
+                env = env_list[i]
+                obs, _, terminated, truncated, info = env.step(action)
+                lengths[i] += 1
+                total_steps += 1
+                if filming:
+                    frames[i].append(env.render())
+                if terminated or truncated or info["success"]:
+                    task = job.tasks[i].name
+                    results.append(
+                        EpisodeResult(
+                            task=task,
+                            episode=episode,
+                            seed=seed,
+                            variation=int(env.variation),
+                            success=bool(info["success"]),
+                            length=lengths[i],
+                        )
+                    )
+                    if filming:
+                        videos.append(_write_video(job.video_dir, task, episode, frames.pop(i)))
+                    del observations[i]
+                    if progress is not None:
+                        progress.put(1)
+                else:
+                    observations[i] = obs
+    for env in env_list:
+        env.close()
+    return results, total_steps, videos
+
+
+def _write_video(video_dir: str | None, task: str, episode: int, frames: list[np.ndarray]) -> str:
+    import imageio.v3 as iio
+
+    assert video_dir is not None
+    path = Path(video_dir) / f"{task}_ep{episode:03d}.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, np.stack(frames), fps=30, codec="libx264", macro_block_size=1)
+    return str(path)
+
+
+def _chunks(tasks: Sequence[SuiteTask], workers: int) -> list[tuple[SuiteTask, ...]]:
+    """About two jobs per worker: enough to balance load and show progress, few enough that
+    each job still steps several tasks together."""
+    n_jobs = max(1, min(len(tasks), 2 * workers))
+    return [tuple(tasks[i::n_jobs]) for i in range(n_jobs)]
+
+
+def evaluate(
+    suite: Suite | str,
+    policy_factory: PolicyFactory,
+    *,
+    policy_name: str = "policy",
+    episodes_per_task: int = 10,
+    workers: int = 1,
+    seed: int = 0,
+    obs: Sequence[str] = ("state",),
+    image_size: int = 84,
+    max_episode_steps: int = 500,
+    video_dir: str | os.PathLike | None = None,
+    video_episodes: int = 1,
+    video_size: int = 224,
+    on_episode: Callable[[], None] | None = None,
+) -> EvalReport:
+    """Success per task over `episodes_per_task` seeded episodes, with `workers` processes."""
+    if isinstance(suite, str):
+        suite = envs.suite(suite)
+    if episodes_per_task <= 0:
+        raise ValueError(f"episodes_per_task must be positive, got {episodes_per_task}")
+    if workers <= 0:
+        raise ValueError(f"workers must be positive, got {workers}")
+    env_kwargs = {
+        "obs": tuple(obs),
+        "image_size": image_size,
+        "max_episode_steps": max_episode_steps,
+        "terminate_on_success": True,
+    }
+    jobs = [
+        _Job(
+            suite.name,
+            chunk,
+            episodes_per_task,
+            seed,
+            env_kwargs,
+            policy_factory,
+            None if video_dir is None else str(video_dir),
+            video_episodes,
+            video_size,
+        )
+        for chunk in _chunks(list(suite.tasks), workers)
+    ]
+    start = time.perf_counter()
+    outputs: list[tuple[list[EpisodeResult], int, list[str]]] = []
+    if workers == 1:
+        for job in jobs:
+            outputs.append(_run_job(job, _Callback(on_episode)))
+    else:
+        ctx = mp.get_context("spawn")
+        with ctx.Manager() as manager:
+            progress = manager.Queue()
+            with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                futures = [pool.submit(_run_job, job, progress) for job in jobs]
+                pending = set(futures)
+                while pending:
+                    _drain(progress, on_episode)
+                    _, pending = cf.wait(pending, timeout=0.2)
+                _drain(progress, on_episode)
+                outputs = [f.result() for f in futures]
+    seconds = time.perf_counter() - start
+    by_task = {t.name: TaskResult(t.name) for t in suite.tasks}
+    steps = 0
+    videos: list[str] = []
+    for results, n_steps, job_videos in outputs:
+        steps += n_steps
+        videos += job_videos
+        for r in results:
+            by_task[r.task].episodes.append(r)
+    for t in by_task.values():
+        t.episodes.sort(key=lambda e: e.episode)
+    return EvalReport(
+        suite=suite.name,
+        policy=policy_name,
+        tasks=list(by_task.values()),
+        seconds=seconds,
+        steps=steps,
+        videos=sorted(videos),
+    )
+
+
+class _Callback:
+    """Queue-like adapter so the in-process path reports progress the same way."""
+
+    def __init__(self, fn: Callable[[], None] | None) -> None:
+        self.fn = fn
+
+    def put(self, _: int) -> None:
+        if self.fn is not None:
+            self.fn()
+
+
+def _drain(progress: Any, on_episode: Callable[[], None] | None) -> None:
+    while True:
+        try:
+            progress.get_nowait()
+        except queue.Empty:
+            return
+        if on_episode is not None:
+            on_episode()
