@@ -383,6 +383,33 @@ class MetaWorldEnv(gym.Env):
         w, h = size or self.image_size
         return CameraModel.from_mujoco(self.sim.model, self.sim.data, camera, w, h)
 
+    # --- simulator state ---------------------------------------------------------------------
+    _STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
+
+    @property
+    def sim_state_size(self) -> int:
+        return int(mujoco.mj_stateSize(self.sim.model, self._STATE_SPEC))
+
+    def get_sim_state(self) -> np.ndarray:
+        """The full MuJoCo integration state (time, qpos, qvel, mocap, ...): storing it per step
+        lets an episode be reset to any step and replayed exactly."""
+        state = np.empty(self.sim_state_size, dtype=np.float64)
+        mujoco.mj_getState(self.sim.model, self.sim.data, state, self._STATE_SPEC)
+        return state
+
+    def set_sim_state(self, state: np.ndarray) -> None:
+        """Restore a state from `get_sim_state` (same task and variation)."""
+        state = np.asarray(state, dtype=np.float64)
+        if state.shape != (self.sim_state_size,):
+            raise ValueError(
+                f"sim state must have shape ({self.sim_state_size},), got {state.shape}"
+            )
+        mujoco.mj_setState(self.sim.model, self.sim.data, state, self._STATE_SPEC)
+        mujoco.mj_forward(self.sim.model, self.sim.data)
+        # Meta-World keeps the previous frame outside the physics state; after any step it is
+        # the frame the state was taken at.
+        self.sim._prev_obs = self.sim._get_curr_obs_combined_no_goal()
+
     # --- helpers -------------------------------------------------------------------------------
     @property
     def model(self) -> mujoco.MjModel:

@@ -1,0 +1,533 @@
+"""The DemoStore: every demonstration a policy learns from, in one crash-safe zarr 3 store.
+
+Layout (time-major, as diffusion_policy made popular, plus what it lacks)::
+
+    demos.zarr/
+      zarr.json              attrs["il"]: format, schema version, fps, action convention,
+                             per-key descriptions, env or robot identity
+      data/<key>             every episode back to back along axis 0 (obs/state, action, ...)
+      meta/episode_ends      (E,) int64, cumulative: the commit point of each episode
+      meta/<field>           (E,) per-episode metadata: task, instruction, success, seed, ...
+
+Why an episode is all-or-nothing: an episode is written in a fixed order — per-step data, then
+per-episode metadata, then one entry of `meta/episode_ends`. Every file zarr writes on a local
+disk is written to a temporary name and renamed into place, so each chunk and each metadata
+document is either the old or the new version, never half of one. A reader trusts only the
+prefix of `episode_ends` that is strictly increasing and within the data, so anything written
+after the last complete entry — the episode in flight when the process was killed — is
+invisible, and the next writer trims it before appending. Nothing committed is ever rewritten
+except the boundary chunk, which is replaced atomically with its committed part intact.
+
+One writer at a time: a local store takes an exclusive `flock` on `.writer.lock` (released by the
+kernel when the process dies, so `kill -9` never leaves a stale lock). Readers need no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.storage
+
+__all__ = [
+    "FORMAT",
+    "SCHEMA_VERSION",
+    "DemoStore",
+    "Episode",
+    "KeySpec",
+    "StoreError",
+    "StoreSchema",
+]
+
+FORMAT = "il.demostore"
+SCHEMA_VERSION = 1
+_UNSET = -1  # fill value of episode_ends: an entry that was never written
+META_FIELDS: dict[str, Any] = {
+    "task": str,
+    "instruction": str,
+    "success": "bool",
+    "seed": "int64",
+    "source": str,
+    "length": "int64",
+}
+"""Per-episode metadata every store carries (strings as zarr 3 variable-length UTF-8)."""
+SOURCES = ("expert", "teleop", "policy", "intervention")
+
+
+class StoreError(Exception):
+    """A store that cannot be used as asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """Shape (without time), dtype and meaning of one per-step key."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    description: str = ""
+    chunk_steps: int | None = None
+    """Time steps per chunk; None picks a default from the size of one step."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "description": self.description,
+            "chunk_steps": self.chunk_steps,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> KeySpec:
+        return cls(tuple(d["shape"]), d["dtype"], d.get("description", ""), d.get("chunk_steps"))
+
+
+@dataclass(frozen=True)
+class StoreSchema:
+    """What a store holds; written once at creation and checked on every append."""
+
+    keys: dict[str, KeySpec]
+    fps: float
+    action: dict[str, Any] = field(default_factory=dict)
+    """Action convention: e.g. {"type": "delta", "frame": "world", "units": "cm/step", ...}."""
+    source: dict[str, Any] = field(default_factory=dict)
+    """Identity of the env or robot that produced the data."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "fps": self.fps,
+            "action": self.action,
+            "source": self.source,
+            "keys": {k: v.to_json() for k, v in self.keys.items()},
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> StoreSchema:
+        return cls(
+            keys={k: KeySpec.from_json(v) for k, v in d["keys"].items()},
+            fps=float(d["fps"]),
+            action=dict(d.get("action", {})),
+            source=dict(d.get("source", {})),
+        )
+
+
+@dataclass
+class Episode:
+    """One committed episode: its slice of the data and its metadata."""
+
+    index: int
+    start: int
+    end: int
+    meta: dict[str, Any]
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def _default_chunk_steps(spec: KeySpec) -> int:
+    """Time steps per chunk: about 256 KiB per chunk for images (a window's read touches one or
+    two chunks and decodes fast), and long chunks for small vectors (few files, one read per
+    episode)."""
+    step_bytes = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+    return int(np.clip((256 * 1024) // max(step_bytes, 1), 8, 4096))
+
+
+def _compressors(spec: KeySpec) -> Any:
+    # LZ4 decodes at several GB/s: training reads far more often than recording writes.
+    return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle" if np.dtype(
+        spec.dtype
+    ).itemsize > 1 else "shuffle")
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _local_path(path: str) -> Path:
+    return Path(path.removeprefix("file://"))
+
+
+def _normalize(path: str | os.PathLike) -> str:
+    """Local paths (also `file://` URLs) go through zarr's LocalStore, whose writes are atomic
+    renames; anything else is an fsspec URL."""
+    path = str(path)
+    return str(_local_path(path)) if _is_local(path) else path
+
+
+class DemoStore:
+    """Append-only episodes in a zarr 3 group on a local path or any fsspec URL.
+
+    Open with `DemoStore.create(path, schema)` (new), `DemoStore.open(path)` (read-only) or
+    `DemoStore.open(path, mode="a")` (append; repairs an interrupted write first).
+    """
+
+    def __init__(self, group: zarr.Group, path: str, writable: bool) -> None:
+        self.root = group
+        self.path = path
+        self.writable = writable
+        attrs = dict(group.attrs)
+        info = attrs.get("il")
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
+            raise StoreError(
+                f"{path} is not a DemoStore (no il format attributes); record into a new path "
+                "with `il record`"
+            )
+        version = info.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} has DemoStore schema version {version}, this il reads version "
+                f"{SCHEMA_VERSION}; use the il release that wrote it, or re-record"
+            )
+        self.schema = StoreSchema.from_json(info)
+        self._lock_file: Any = None
+        self.refresh()
+
+    # --- opening -------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike, schema: StoreSchema) -> DemoStore:
+        """A new, empty store. Fails if anything already exists at `path`."""
+        path = _normalize(path)
+        if _is_local(path) and _local_path(path).exists():
+            raise StoreError(f"{path} already exists; open it with mode='a' to append")
+        for key in schema.keys:
+            if not key or key.startswith("/") or ".." in key:
+                raise StoreError(f"invalid key name {key!r}")
+        group = zarr.open_group(path, mode="w-", zarr_format=3)
+        group.attrs["il"] = schema.to_json()
+        data = group.require_group("data")
+        for key, spec in schema.keys.items():
+            steps = spec.chunk_steps or _default_chunk_steps(spec)
+            data.create_array(
+                key,
+                shape=(0, *spec.shape),
+                chunks=(steps, *spec.shape),
+                dtype=spec.dtype,
+                compressors=_compressors(spec),
+                fill_value=0,
+            )
+        meta = group.require_group("meta")
+        meta.create_array(
+            "episode_ends", shape=(0,), chunks=(4096,), dtype="int64", fill_value=_UNSET
+        )
+        for name, dtype in META_FIELDS.items():
+            meta.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype)
+        store = cls(group, path, writable=True)
+        store._acquire_lock()
+        return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> DemoStore:
+        """Open an existing store read-only (`r`) or for appending (`a`)."""
+        path = _normalize(path)
+        if mode not in ("r", "a"):
+            raise StoreError(f"mode must be 'r' or 'a', got {mode!r}")
+        if _is_local(path) and not _local_path(path).exists():
+            raise StoreError(f"no store at {path}; record one with `il record --out {path}`")
+        try:
+            group = zarr.open_group(path, mode="r" if mode == "r" else "r+", zarr_format=3)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as e:
+            raise StoreError(f"{path} is not a zarr 3 DemoStore ({type(e).__name__})") from None
+        store = cls(group, path, writable=mode == "a")
+        if mode == "a":
+            store._acquire_lock()
+            store.repair()
+        return store
+
+    @classmethod
+    def open_or_create(cls, path: str | os.PathLike, schema: StoreSchema) -> DemoStore:
+        """Append to the store at `path` (its schema must match) or create it."""
+        path = _normalize(path)
+        exists = _local_path(path).exists() if _is_local(path) else _remote_exists(path)
+        if not exists:
+            return cls.create(path, schema)
+        store = cls.open(path, mode="a")
+        store.check_schema(schema)
+        return store
+
+    def _acquire_lock(self) -> None:
+        if not _is_local(self.path):
+            return  # object stores: one writer by convention (documented)
+        lock_path = _local_path(self.path) / ".writer.lock"
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the store's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise StoreError(
+                f"{self.path} is being written by {owner}; wait for it to finish or stop it "
+                "(readers can open the store with mode='r' meanwhile)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._lock_file = handle
+
+    def close(self) -> None:
+        """Release the writer lock (a reader has nothing to release)."""
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+        self.writable = False
+
+    def __enter__(self) -> DemoStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- committed state -----------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Re-read the commit point: a reader sees episodes committed since it opened."""
+        meta = self.root["meta"]
+        ends = np.asarray(meta["episode_ends"][:], dtype=np.int64)
+        data_len = min(
+            (self.root["data"][k].shape[0] for k in self.schema.keys), default=0
+        )
+        meta_len = min(meta[name].shape[0] for name in META_FIELDS)
+        n = 0
+        previous = 0
+        for end in ends:
+            if end <= previous or end > data_len or n >= meta_len:
+                break
+            previous = int(end)
+            n += 1
+        self._episode_ends = ends[:n]
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._episode_ends)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self._episode_ends[-1]) if self.num_episodes else 0
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        return self._episode_ends.copy()
+
+    @property
+    def episode_starts(self) -> np.ndarray:
+        return np.concatenate([[0], self._episode_ends[:-1]]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    def array(self, key: str) -> zarr.Array:
+        """The zarr array of a per-step key (its committed part is `[:num_steps]`)."""
+        if key not in self.schema.keys:
+            raise StoreError(
+                f"{self.path} has no key {key!r}; keys: {', '.join(sorted(self.schema.keys))}"
+            )
+        return self.root["data"][key]
+
+    def episode_meta(self) -> dict[str, np.ndarray]:
+        """Per-episode metadata arrays, committed episodes only."""
+        n = self.num_episodes
+        meta = self.root["meta"]
+        return {name: np.asarray(meta[name][:n]) for name in META_FIELDS}
+
+    def episode(self, index: int) -> Episode:
+        if not -self.num_episodes <= index < self.num_episodes:
+            raise IndexError(f"episode {index} out of range (store has {self.num_episodes})")
+        index %= self.num_episodes
+        starts = self.episode_starts
+        meta = {k: _scalar(v[index]) for k, v in self.episode_meta().items()}
+        return Episode(index, int(starts[index]), int(self._episode_ends[index]), meta)
+
+    def episodes(self) -> Iterator[Episode]:
+        meta = self.episode_meta()
+        starts = self.episode_starts
+        for i in range(self.num_episodes):
+            yield Episode(
+                i,
+                int(starts[i]),
+                int(self._episode_ends[i]),
+                {k: _scalar(v[i]) for k, v in meta.items()},
+            )
+
+    def read_episode(self, index: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """All steps of one episode for `keys` (default: every key)."""
+        ep = self.episode(index)
+        return {k: self.array(k)[ep.start : ep.end] for k in (keys or list(self.schema.keys))}
+
+    # --- writing -------------------------------------------------------------------------------
+    def check_schema(self, schema: StoreSchema) -> None:
+        """Raise naming the first key whose presence, shape or dtype differs from the store's."""
+        mine, theirs = self.schema.keys, schema.keys
+        for key in sorted(set(mine) | set(theirs)):
+            if key not in mine:
+                raise StoreError(f"key {key!r} is not in {self.path}; record into a new store")
+            if key not in theirs:
+                raise StoreError(f"key {key!r} of {self.path} is missing from the new data")
+            a, b = mine[key], theirs[key]
+            if tuple(a.shape) != tuple(b.shape) or np.dtype(a.dtype) != np.dtype(b.dtype):
+                raise StoreError(
+                    f"key {key!r}: store has shape {tuple(a.shape)} {np.dtype(a.dtype)}, new "
+                    f"data has {tuple(b.shape)} {np.dtype(b.dtype)}"
+                )
+
+    def repair(self) -> None:
+        """Trim whatever an interrupted write left after the last committed episode."""
+        self._require_writable()
+        self.refresh()
+        n_steps, n_eps = self.num_steps, self.num_episodes
+        for key in self.schema.keys:
+            arr = self.root["data"][key]
+            if arr.shape[0] != n_steps:
+                arr.resize((n_steps, *arr.shape[1:]))
+        meta = self.root["meta"]
+        for name in ("episode_ends", *META_FIELDS):
+            if meta[name].shape[0] != n_eps:
+                meta[name].resize((n_eps,))
+        if _is_local(self.path):
+            for partial in _local_path(self.path).rglob("*.partial"):
+                partial.unlink(missing_ok=True)
+
+    def add_episode(self, steps: Mapping[str, np.ndarray], **meta: Any) -> Episode:
+        """Append one episode atomically and return it.
+
+        `steps` maps every schema key to a `(T, *shape)` array; `meta` sets per-episode fields
+        (task, instruction, success, seed, source).
+        """
+        self._require_writable()
+        keys = self.schema.keys
+        missing = set(keys) - set(steps)
+        extra = set(steps) - set(keys)
+        if missing:
+            raise StoreError(f"episode lacks key(s) {sorted(missing)} that the store holds")
+        if extra:
+            raise StoreError(
+                f"episode has key(s) {sorted(extra)} that {self.path} does not hold; record "
+                "into a new store to add keys"
+            )
+        lengths = {k: len(v) for k, v in steps.items()}
+        T = next(iter(lengths.values()))
+        if T == 0 or any(n != T for n in lengths.values()):
+            raise StoreError(f"every key needs the same, non-zero number of steps, got {lengths}")
+        arrays = {}
+        for k, v in steps.items():
+            v = np.asarray(v)
+            spec = keys[k]
+            if tuple(v.shape[1:]) != tuple(spec.shape):
+                raise StoreError(
+                    f"key {k!r}: store has step shape {tuple(spec.shape)}, episode has "
+                    f"{tuple(v.shape[1:])}"
+                )
+            if not np.can_cast(v.dtype, np.dtype(spec.dtype), casting="same_kind"):
+                raise StoreError(f"key {k!r}: store has dtype {spec.dtype}, episode has {v.dtype}")
+            arrays[k] = v.astype(spec.dtype, copy=False)
+        unknown_meta = set(meta) - set(META_FIELDS)
+        if unknown_meta:
+            raise StoreError(
+                f"unknown episode field(s) {sorted(unknown_meta)}; fields: {list(META_FIELDS)}"
+            )
+        source = meta.get("source", "expert")
+        if source not in SOURCES:
+            raise StoreError(f"source must be one of {SOURCES}, got {source!r}")
+
+        start, index = self.num_steps, self.num_episodes
+        end = start + T
+        # 1. per-step data (invisible until step 3)
+        for k, v in arrays.items():
+            arr = self.root["data"][k]
+            arr.resize((end, *arr.shape[1:]))
+            arr[start:end] = v
+        # 2. per-episode metadata
+        values = {
+            "task": meta.get("task", ""),
+            "instruction": meta.get("instruction", ""),
+            "success": bool(meta.get("success", False)),
+            "seed": int(meta.get("seed", -1)),
+            "source": source,
+            "length": T,
+        }
+        m = self.root["meta"]
+        for name, value in values.items():
+            m[name].resize((index + 1,))
+            m[name][index] = value
+        # 3. the commit point
+        ends = m["episode_ends"]
+        ends.resize((index + 1,))
+        ends[index] = end
+        self._episode_ends = np.append(self._episode_ends, np.int64(end))
+        return self.episode(index)
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise StoreError(f"{self.path} is open read-only; open it with mode='a' to append")
+
+    # --- inspection ----------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """Everything `il info` prints, as plain JSON-able data."""
+        meta = self.episode_meta()
+        tasks, counts = np.unique(meta["task"], return_counts=True)
+        sources, source_counts = np.unique(meta["source"], return_counts=True)
+        keys = {}
+        for k, spec in self.schema.keys.items():
+            arr = self.array(k)
+            keys[k] = {
+                "shape": [self.num_steps, *spec.shape],
+                "dtype": spec.dtype,
+                "chunks": list(arr.chunks),
+                "compressor": _describe_codecs(arr),
+                "bytes_on_disk": _bytes_on_disk(self.path, f"data/{k}"),
+                "description": spec.description,
+            }
+        return {
+            "path": self.path,
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "fps": self.schema.fps,
+            "episodes": self.num_episodes,
+            "steps": self.num_steps,
+            "success_rate": float(meta["success"].mean()) if self.num_episodes else None,
+            "tasks": {str(t): int(c) for t, c in zip(tasks, counts, strict=True)},
+            "sources": {str(s): int(c) for s, c in zip(sources, source_counts, strict=True)},
+            "action": self.schema.action,
+            "source": self.schema.source,
+            "keys": keys,
+        }
+
+
+def _scalar(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _describe_codecs(arr: zarr.Array) -> str:
+    try:
+        return ", ".join(
+            json.dumps(c.to_dict()["configuration"]) if hasattr(c, "to_dict") else str(c)
+            for c in arr.compressors
+        )
+    except Exception:  # description only; never fail an info call on it
+        return str(arr.compressors)
+
+
+def _bytes_on_disk(path: str, sub: str) -> int | None:
+    if not _is_local(path):
+        return None
+    root = _local_path(path) / sub
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def _remote_exists(path: str) -> bool:
+    try:
+        zarr.open_group(path, mode="r", zarr_format=3)
+        return True
+    except Exception:
+        return False
