@@ -89,7 +89,12 @@ class CameraModel:
         return self.to_camera(points)[..., 2]
 
     def scaled(self, width: int, height: int) -> CameraModel:
-        """The same camera rendered at another size (same field of view)."""
+        """This camera's image resized to `width` x `height`: pixel (u, v) moves to
+        ((u + ½)·sx − ½, (v + ½)·sy − ½).
+
+        With the aspect ratio kept this is exactly the camera MuJoCo renders at that size. With
+        another aspect ratio it stretches pixels as an image resize does, whereas MuJoCo keeps
+        the vertical field of view and square pixels (for that, use `from_mujoco`)."""
         sx, sy = width / self.width, height / self.height
         K = self.K.copy()
         K[0, 0] *= sx

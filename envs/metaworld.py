@@ -398,8 +398,12 @@ class MetaWorldEnv(gym.Env):
         return state
 
     def set_sim_state(self, state: np.ndarray) -> None:
-        """Restore a state from `get_sim_state` (same task and variation)."""
+        """Restore a state from `get_sim_state` (same task and variation). A longer vector
+        whose tail is NaN (how a store of several tasks pads the smaller states) is accepted."""
         state = np.asarray(state, dtype=np.float64)
+        n = self.sim_state_size
+        if state.ndim == 1 and len(state) > n and np.isnan(state[n:]).all():
+            state = state[:n]
         if state.shape != (self.sim_state_size,):
             raise ValueError(
                 f"sim state must have shape ({self.sim_state_size},), got {state.shape}"

@@ -9,7 +9,9 @@ expensive effects are off unless asked for.
 
 MuJoCo's GL context frees itself in `__del__`; at interpreter shutdown EGL may already be gone and
 that prints a traceback. Every live renderer is therefore closed from an `atexit` hook, which runs
-before module teardown.
+before module teardown. MuJoCo's EGL backend registers its own `eglTerminate` hook when it creates
+its first context; hooks run last-registered first, so ours is registered again after every
+context is created, to run before the display is terminated.
 """
 
 from __future__ import annotations
@@ -53,10 +55,39 @@ class RenderOptions:
 _LIVE: weakref.WeakSet[Renderer] = weakref.WeakSet()
 
 
-@atexit.register
 def _close_all() -> None:
     for renderer in list(_LIVE):
         renderer.close()
+
+
+def _close_all_first_at_exit() -> None:
+    """(Re-)register `_close_all` so that it runs before every exit hook registered so far, in
+    particular MuJoCo's `eglTerminate`, registered when the first EGL context is made."""
+    atexit.unregister(_close_all)
+    atexit.register(_close_all)
+
+
+def _egl_if_imported_too_early() -> None:
+    """Switch MuJoCo to EGL where `import envs` asked for it too late.
+
+    MuJoCo picks its GL backend once, when it is first imported. A program (or a test module)
+    that imports `mujoco` before `envs` on a Linux box without a display gets GLFW, which cannot
+    open a window and fails with an obscure "OpenGL platform library has not been loaded". The
+    mismatch is recognisable: `MUJOCO_GL` says `egl` (set here or by the user) while the chosen
+    backend is GLFW; then EGL is what was meant.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("MUJOCO_GL", "").lower() != "egl":
+        return
+    from mujoco import gl_context
+
+    backend = getattr(gl_context, "GLContext", None)
+    if backend is not None and backend.__module__.startswith("mujoco.glfw"):
+        from mujoco.egl import GLContext
+
+        gl_context.GLContext = GLContext
+
+
+_egl_if_imported_too_early()
 
 
 class Renderer:
@@ -84,12 +115,19 @@ class Renderer:
         # A renderer inherited through fork holds a context of the parent: never touch it.
         self._renderer = None
         vis = self.model.vis
+        # The GL context reads these from the shared model when it is made; put them back
+        # afterwards so that another renderer of the same model (say a pretty one for videos)
+        # still finds the model's own shadow map size.
+        saved = (int(vis.quality.offsamples), int(vis.quality.shadowsize))
         vis.quality.offsamples = 4 if self.options.antialias else 0
         if not self.options.shadows:
             vis.quality.shadowsize = 0
         vis.global_.offwidth = max(int(vis.global_.offwidth), self.width)
         vis.global_.offheight = max(int(vis.global_.offheight), self.height)
-        renderer = mujoco.Renderer(self.model, self.height, self.width)
+        try:
+            renderer = mujoco.Renderer(self.model, self.height, self.width)
+        finally:
+            vis.quality.offsamples, vis.quality.shadowsize = saved
         flags = renderer.scene.flags
         flags[mujoco.mjtRndFlag.mjRND_SHADOW] = self.options.shadows
         flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = self.options.reflections
@@ -97,6 +135,7 @@ class Renderer:
         self._renderer = renderer
         self._owner_pid = os.getpid()
         _LIVE.add(self)
+        _close_all_first_at_exit()
         return renderer
 
     def render(self, data: mujoco.MjData, camera: str | int) -> np.ndarray:
