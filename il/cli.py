@@ -122,6 +122,7 @@ def eval_(
 
     try:
         suite = envs.suite(env, split=split)
+        keys = _parse_obs(obs)
     except ValueError as e:
         raise UserError(str(e)) from None
     workers = workers or min(_cpu_count(), len(suite.tasks))
@@ -141,7 +142,7 @@ def eval_(
             episodes_per_task=episodes_per_task,
             workers=workers,
             seed=seed,
-            obs=tuple(k.strip() for k in obs.split(",") if k.strip()),
+            obs=keys,
             image_size=image_size,
             max_episode_steps=max_episode_steps,
             video_dir=video,
@@ -166,6 +167,210 @@ def eval_(
     if json_out is not None:
         report.write_json(json_out)
         console.print(f"results: {json_out}")
+
+
+@app.command("record")
+@click.option(
+    "--source",
+    type=click.Choice(["expert"]),
+    default="expert",
+    show_default=True,
+    help="Who acts: the scripted experts.",
+)
+@click.option(
+    "--env",
+    default="metaworld/MT10",
+    show_default=True,
+    help="Task or suite, e.g. metaworld/MT10 or metaworld/reach-v3.",
+)
+@click.option(
+    "--split", default="train", show_default=True, help="Suite split: train, or test for ML suites."
+)
+@click.option("--episodes-per-task", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--obs",
+    default="state",
+    show_default=True,
+    help="Observation keys, comma-separated, e.g. state,image/corner.",
+)
+@click.option("--image-size", type=click.IntRange(min=8), default=84, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=str),
+    required=True,
+    help="The store: a local path (data/mt10.zarr) or an fsspec URL.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes [default: one per core].",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Episode k of each task is reset with seed + k.",
+)
+@click.option(
+    "--only-success",
+    is_flag=True,
+    help="Keep successful episodes only; try further seeds to reach the count.",
+)
+@click.option(
+    "--steps-after-success",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Steps recorded after the first success.",
+)
+@click.option(
+    "--full-episodes",
+    is_flag=True,
+    help="Record every episode to --max-episode-steps, ignoring success.",
+)
+@click.option("--max-episode-steps", type=click.IntRange(min=1), default=500, show_default=True)
+def record(
+    source: str,
+    env: str,
+    split: str,
+    episodes_per_task: int,
+    obs: str,
+    image_size: int,
+    out: str,
+    workers: int | None,
+    seed: int,
+    only_success: bool,
+    steps_after_success: int,
+    full_episodes: bool,
+    max_episode_steps: int,
+) -> None:
+    """Record demonstrations into a DemoStore (resumes into an existing one)."""
+    import envs
+    from il.data.store import StoreError
+    from il.record import record_expert
+
+    try:
+        suite = envs.suite(env, split=split)
+        keys = _parse_obs(obs)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    workers = workers or _cpu_count()
+    total = len(suite.tasks) * episodes_per_task
+    columns = (
+        TextColumn("[bold]record[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    counts = {"ok": 0, "failed": 0}
+    with Progress(*columns, console=console, transient=True) as bar:
+        job = bar.add_task(f"{source} on {suite.name}", total=total, status="")
+
+        def on_episode(task: str, success: bool) -> None:
+            counts["ok" if success else "failed"] += 1
+            bar.update(
+                job, advance=1, status=f"{counts['ok']} succeeded, {counts['failed']} failed"
+            )
+
+        try:
+            summary = record_expert(
+                suite,
+                out,
+                episodes_per_task=episodes_per_task,
+                obs=keys,
+                image_size=image_size,
+                max_episode_steps=max_episode_steps,
+                steps_after_success=None if full_episodes else steps_after_success,
+                only_success=only_success,
+                workers=workers,
+                seed=seed,
+                on_episode=on_episode,
+            )
+        except StoreError as e:
+            raise UserError(str(e)) from None
+    console.print(
+        f"recorded {summary.recorded} episodes into {out} "
+        f"({summary.skipped} already there, {summary.discarded} failed and dropped); "
+        f"the store holds {summary.episodes_in_store} episodes"
+    )
+
+
+@app.command("info")
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the same as JSON.")
+def info(path: str, as_json: bool) -> None:
+    """Describe a DemoStore: episodes, steps, keys, tasks, success, sources."""
+    import json
+
+    from il.data.store import DemoStore, StoreError
+
+    try:
+        store = DemoStore.open(path)
+    except StoreError as e:
+        raise UserError(str(e)) from None
+    report = store.info()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    console.print(
+        f"[bold]{report['path']}[/]  {report['format']} v{report['schema_version']}, "
+        f"{report['fps']:g} fps"
+    )
+    rate = report["success_rate"]
+    console.print(
+        f"{report['episodes']} episodes, {report['steps']} steps, success "
+        + ("-" if rate is None else f"{100 * rate:.1f}%")
+        + ", sources: "
+        + (", ".join(f"{k} {v}" for k, v in report["sources"].items()) or "-")
+    )
+    keys = Table(title="keys")
+    for col in ("key", "shape", "dtype", "chunks", "on disk", "description"):
+        keys.add_column(col, justify="right" if col == "on disk" else "left")
+    for k, v in report["keys"].items():
+        size = v["bytes_on_disk"]
+        keys.add_row(
+            k,
+            str(tuple(v["shape"])),
+            v["dtype"],
+            str(tuple(v["chunks"])),
+            "-" if size is None else _human_bytes(size),
+            v["description"],
+        )
+    console.print(keys)
+    tasks = Table(title="tasks")
+    tasks.add_column("task")
+    tasks.add_column("episodes", justify="right")
+    for k, v in report["tasks"].items():
+        tasks.add_row(k, str(v))
+    console.print(tasks)
+    console.print(f"action: {report['action']}")
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _parse_obs(obs: str) -> tuple[str, ...]:
+    import envs
+
+    keys = tuple(k.strip() for k in obs.split(",") if k.strip())
+    valid = ["state", *(f"image/{c}" for c in envs.CAMERAS)]
+    for k in keys:
+        if k not in valid:
+            from envs.metaworld import unknown
+
+            raise unknown("observation key", k, valid)
+    if not keys:
+        raise ValueError("--obs needs at least one key, e.g. state,image/corner")
+    return keys
 
 
 @app.command("envs")

@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,9 +145,11 @@ def _default_chunk_steps(spec: KeySpec) -> int:
 
 def _compressors(spec: KeySpec) -> Any:
     # LZ4 decodes at several GB/s: training reads far more often than recording writes.
-    return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle" if np.dtype(
-        spec.dtype
-    ).itemsize > 1 else "shuffle")
+    return zarr.codecs.BloscCodec(
+        cname="lz4",
+        clevel=5,
+        shuffle="bitshuffle" if np.dtype(spec.dtype).itemsize > 1 else "shuffle",
+    )
 
 
 def _is_local(path: str) -> bool:
@@ -190,39 +193,47 @@ class DemoStore:
             )
         self.schema = StoreSchema.from_json(info)
         self._lock_file: Any = None
-        self.refresh()
+        try:
+            self.refresh()
+        except KeyError as e:
+            raise StoreError(
+                f"{path} lacks its {e.args[0]!r} group or array; the store is damaged, "
+                "record into a new path"
+            ) from None
 
     # --- opening -------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike, schema: StoreSchema) -> DemoStore:
-        """A new, empty store. Fails if anything already exists at `path`."""
+        """A new, empty store. Fails if anything already exists at `path`.
+
+        A local store is built in a temporary sibling directory and renamed into place, so a
+        crash during creation leaves either no store or a complete empty one. On object storage
+        the format attributes are written last, so a half-made store is never taken for one.
+        """
         path = _normalize(path)
-        if _is_local(path) and _local_path(path).exists():
-            raise StoreError(f"{path} already exists; open it with mode='a' to append")
         for key in schema.keys:
             if not key or key.startswith("/") or ".." in key:
                 raise StoreError(f"invalid key name {key!r}")
-        group = zarr.open_group(path, mode="w-", zarr_format=3)
-        group.attrs["il"] = schema.to_json()
-        data = group.require_group("data")
-        for key, spec in schema.keys.items():
-            steps = spec.chunk_steps or _default_chunk_steps(spec)
-            data.create_array(
-                key,
-                shape=(0, *spec.shape),
-                chunks=(steps, *spec.shape),
-                dtype=spec.dtype,
-                compressors=_compressors(spec),
-                fill_value=0,
-            )
-        meta = group.require_group("meta")
-        meta.create_array(
-            "episode_ends", shape=(0,), chunks=(4096,), dtype="int64", fill_value=_UNSET
-        )
-        for name, dtype in META_FIELDS.items():
-            meta.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype)
-        store = cls(group, path, writable=True)
-        store._acquire_lock()
+        if not _is_local(path):
+            group = zarr.open_group(path, mode="w-", zarr_format=3)
+            _create_layout(group, schema)
+            return cls(group, path, writable=True)
+        final = _local_path(path)
+        if final.exists():
+            raise StoreError(f"{path} already exists; open it with mode='a' to append")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_staging(final)
+        staging = final.with_name(f".{final.name}.creating-{os.getpid()}")
+        _create_layout(zarr.open_group(str(staging), mode="w-", zarr_format=3), schema)
+        lock = _take_lock(staging, str(final))
+        try:
+            os.rename(staging, final)
+        except OSError:
+            lock.close()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise StoreError(f"{path} already exists; open it with mode='a' to append") from None
+        store = cls(zarr.open_group(path, mode="r+", zarr_format=3), path, writable=True)
+        store._lock_file = lock
         return store
 
     @classmethod
@@ -255,25 +266,8 @@ class DemoStore:
         return store
 
     def _acquire_lock(self) -> None:
-        if not _is_local(self.path):
-            return  # object stores: one writer by convention (documented)
-        lock_path = _local_path(self.path) / ".writer.lock"
-        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the store's lifetime
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            handle.close()
-            raise StoreError(
-                f"{self.path} is being written by {owner}; wait for it to finish or stop it "
-                "(readers can open the store with mode='r' meanwhile)"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        self._lock_file = handle
+        if _is_local(self.path):  # object stores: one writer by convention (documented)
+            self._lock_file = _take_lock(_local_path(self.path), self.path)
 
     def close(self) -> None:
         """Release the writer lock (a reader has nothing to release)."""
@@ -295,9 +289,7 @@ class DemoStore:
         """Re-read the commit point: a reader sees episodes committed since it opened."""
         meta = self.root["meta"]
         ends = np.asarray(meta["episode_ends"][:], dtype=np.int64)
-        data_len = min(
-            (self.root["data"][k].shape[0] for k in self.schema.keys), default=0
-        )
+        data_len = min((self.root["data"][k].shape[0] for k in self.schema.keys), default=0)
         meta_len = min(meta[name].shape[0] for name in META_FIELDS)
         n = 0
         previous = 0
@@ -502,6 +494,56 @@ class DemoStore:
             "source": self.schema.source,
             "keys": keys,
         }
+
+
+def _create_layout(group: zarr.Group, schema: StoreSchema) -> None:
+    """Empty arrays for every key and metadata field; the format attributes go last."""
+    data = group.require_group("data")
+    for key, spec in schema.keys.items():
+        steps = spec.chunk_steps or _default_chunk_steps(spec)
+        data.create_array(
+            key,
+            shape=(0, *spec.shape),
+            chunks=(steps, *spec.shape),
+            dtype=spec.dtype,
+            compressors=_compressors(spec),
+            fill_value=0,
+        )
+    meta = group.require_group("meta")
+    meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64", fill_value=_UNSET)
+    for name, dtype in META_FIELDS.items():
+        meta.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype)
+    group.attrs["il"] = schema.to_json()
+
+
+def _remove_dead_staging(final: Path) -> None:
+    """Delete what a `create` killed before its rename left next to `final`."""
+    for staging in final.parent.glob(f".{final.name}.creating-*"):
+        pid = staging.name.rsplit("-", 1)[-1]
+        alive = pid.isdigit() and int(pid) != os.getpid() and Path(f"/proc/{pid}").exists()
+        if not alive:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _take_lock(directory: Path, name: str) -> Any:
+    """An exclusive `flock` on `directory/.writer.lock`; the kernel drops it when the process
+    dies, so a killed writer never leaves a stale lock."""
+    handle = open(directory / ".writer.lock", "a+")  # noqa: SIM115 - held while writing
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise StoreError(
+            f"{name} is being written by {owner}; wait for it to finish or stop it "
+            "(readers can open the store with mode='r' meanwhile)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
 
 
 def _scalar(value: Any) -> Any:

@@ -7,6 +7,7 @@ its reference row: if the expert's success drops, the evaluation changed, not th
 from __future__ import annotations
 
 import numpy as np
+
 from envs.experts import ScriptedExpert
 
 

@@ -1,0 +1,174 @@
+"""`il record --source expert` and `il info`: real MuJoCo rollouts into a real zarr store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import envs
+from envs.language_motion import VOCABULARY
+from il.data.store import DemoStore
+from il.record import record_expert
+
+IL = [sys.executable, "-m", "il.cli"]
+
+
+def run_il(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*IL, *args], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"il {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def assert_same_episodes(a: DemoStore, b: DemoStore, n: int | None = None) -> None:
+    n = a.num_episodes if n is None else n
+    assert b.num_episodes >= n
+    for i in range(n):
+        ea, eb = a.episode(i), b.episode(i)
+        assert ea.meta == eb.meta
+        ra, rb = a.read_episode(i), b.read_episode(i)
+        for k in ra:
+            np.testing.assert_array_equal(ra[k], rb[k], err_msg=f"episode {i} key {k}")
+
+
+@pytest.fixture(scope="module")
+def reach_store(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("rec") / "reach.zarr")
+    summary = record_expert(
+        envs.suite("metaworld/reach-v3"),
+        out,
+        episodes_per_task=3,
+        obs=("state", "image/corner"),
+        image_size=32,
+        steps_after_success=5,
+        workers=1,
+    )
+    assert summary.recorded == 3 and summary.episodes_in_store == 3
+    return out
+
+
+def test_recorded_keys_and_metadata(reach_store):
+    store = DemoStore.open(reach_store)
+    keys = set(store.schema.keys)
+    assert {"obs/state", "obs/image/corner", "action", "reward", "success", "sim_state"} <= keys
+    assert {"procedure/phase", "procedure/target", "language_motion"} <= keys
+    meta = store.episode_meta()
+    assert list(meta["task"]) == ["reach-v3"] * 3
+    assert list(meta["seed"]) == [0, 1, 2]
+    assert meta["success"].all()
+    assert all(m == envs.INSTRUCTIONS["reach-v3"] for m in meta["instruction"])
+    assert store.schema.action["type"] == "delta"
+    assert store.schema.source["phases"]["reach-v3"]
+    ep = store.read_episode(0)
+    success = ep["success"]
+    first = int(np.argmax(success))
+    assert success[first] and len(success) == first + 1 + 5  # 5 steps kept after success
+    assert ep["obs/image/corner"].shape[1:] == (32, 32, 3)
+    labels = ep["language_motion"]
+    assert labels.min() >= 0 and labels.max() < len(VOCABULARY)
+
+
+def test_sim_state_replays_the_episode_exactly(reach_store):
+    store = DemoStore.open(reach_store)
+    ep = store.read_episode(1)
+    env = envs.make("metaworld/reach-v3")
+    env.reset(seed=int(store.episode(1).meta["seed"]))
+    k = 7
+    env.set_sim_state(ep["sim_state"][k])
+    for t in range(k, k + 10):
+        obs, *_ = env.step(ep["action"][t])
+        np.testing.assert_array_equal(obs["state"], ep["obs/state"][t + 1])
+    env.close()
+
+
+def test_resume_skips_recorded_episodes_and_matches_a_fresh_run(reach_store, tmp_path):
+    out = str(tmp_path / "resume.zarr")
+    suite = envs.suite("metaworld/reach-v3")
+    kwargs = dict(obs=("state", "image/corner"), image_size=32, steps_after_success=5)
+    record_expert(suite, out, episodes_per_task=1, **kwargs)
+    summary = record_expert(suite, out, episodes_per_task=3, workers=2, **kwargs)
+    assert (summary.recorded, summary.skipped) == (2, 1)
+    assert_same_episodes(DemoStore.open(reach_store), DemoStore.open(out))
+
+
+def test_only_success_drops_failures(tmp_path):
+    summary = record_expert(
+        envs.suite("metaworld/pick-place-v3"),
+        str(tmp_path / "fail.zarr"),
+        episodes_per_task=1,
+        max_episode_steps=3,  # too short for any success
+        only_success=True,
+    )
+    assert summary.recorded == 0 and summary.discarded == 3
+
+
+def test_cli_record_and_info(tmp_path):
+    out = str(tmp_path / "cli.zarr")
+    run_il(
+        "record", "--env", "metaworld/ML10", "--split", "test", "--episodes-per-task", "1",
+        "--out", out, "--workers", "2", "--max-episode-steps", "60", "--full-episodes",
+    )  # fmt: skip
+    report = json.loads(run_il("info", out, "--json").stdout)
+    assert report["episodes"] == 5 and report["steps"] == 5 * 60
+    assert len(report["tasks"]) == 5
+    assert report["keys"]["obs/state"]["shape"] == [300, 39]
+    assert report["keys"]["obs/state"]["bytes_on_disk"] > 0
+    text = run_il("info", out).stdout
+    assert "5 episodes" in text and "drawer-open-v3" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["info", "/nonexistent/x.zarr"], "no store at"),
+        (["record", "--env", "metaworld/MT11", "--out", "x.zarr"], "did you mean"),
+        (["record", "--obs", "state,image/cornr", "--out", "x.zarr"], "did you mean"),
+    ],
+)
+def test_cli_errors_are_one_line(args, message):
+    proc = run_il(*args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_kill_9_during_il_record_keeps_committed_episodes_and_resumes(tmp_path):
+    args = ["record", "--env", "metaworld/ML10", "--split", "test", "--episodes-per-task", "2",
+            "--workers", "1", "--obs", "state,image/corner", "--image-size", "24"]  # fmt: skip
+    reference = str(tmp_path / "reference.zarr")
+    run_il(*args, "--out", reference)
+    ref = DemoStore.open(reference)
+    assert ref.num_episodes == 10
+
+    out = str(tmp_path / "killed.zarr")
+    rng = np.random.default_rng(0)
+    seen = 0
+    for _ in range(3):
+        proc = subprocess.Popen([*IL, *args, "--out", out], stderr=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if Path(out).exists() and DemoStore.open(out).num_episodes > seen:
+                break
+            time.sleep(0.05)
+        time.sleep(float(rng.uniform(0.0, 0.5)))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        store = DemoStore.open(out)
+        assert store.num_episodes >= seen
+        assert_same_episodes(store, ref)  # every committed episode bit-identical
+        seen = store.num_episodes
+    run_il(*args, "--out", out)  # resumes to completion
+    done = DemoStore.open(out)
+    assert done.num_episodes == 10
+    assert_same_episodes(ref, done)
