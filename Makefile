@@ -25,10 +25,14 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-## Roll the scripted experts out on MT10: success per task and mp4s under data/quickstart/.
+## Roll the scripted experts out on MT10 (success per task, mp4s under data/quickstart/), then
+## record their demonstrations into a DemoStore and describe it.
 quickstart: setup
 	$(VENV)/bin/il eval --env metaworld/MT10 --policy expert --episodes-per-task 10 \
 		--video data/quickstart/videos --json data/quickstart/results.json
+	$(VENV)/bin/il record --source expert --env metaworld/MT10 --episodes-per-task 5 \
+		--obs state,image/corner --image-size 84 --out data/quickstart/mt10.zarr
+	$(VENV)/bin/il info data/quickstart/mt10.zarr
 
 ## Lint, then the fast tests (slow ones are marked and run by `make test-slow`).
 test: setup
@@ -52,6 +56,7 @@ format: setup
 ## Every benchmark under benchmarks/, each printing its table.
 bench: setup
 	$(PY) benchmarks/render.py
+	$(PY) benchmarks/store.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

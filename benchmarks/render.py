@@ -37,6 +37,7 @@ from importlib.metadata import version
 import metaworld
 import metaworld.env_dict
 import numpy as np
+from report import cpu, print_table
 
 import envs  # first: selects headless EGL before MuJoCo is imported
 from envs import Renderer, RenderOptions
@@ -204,48 +205,11 @@ def gl_renderer() -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
-        f"{cpu}, {cores} cores; GL: {gl_renderer()} (MUJOCO_GL={os.environ.get('MUJOCO_GL')}); "
+        f"{cpu()}; GL: {gl_renderer()} (MUJOCO_GL={os.environ.get('MUJOCO_GL')}); "
         f"Python {platform.python_version()}, MuJoCo {version('mujoco')}, "
         f"Meta-World {version('metaworld')}"
     )
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]], markdown: bool) -> None:
-    if markdown:
-        print(f"\n**{title}**\n")
-        print("| " + " | ".join(header) + " |")
-        print("| " + " | ".join(["---"] + ["--:"] * (len(header) - 1)) + " |")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-        return
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        print(f"\n{title}")
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        for row in [header, *rows]:
-            print(
-                "  ".join(
-                    c.ljust(w) if i == 0 else c.rjust(w)
-                    for i, (c, w) in enumerate(zip(row, widths, strict=True))
-                )
-            )
-        return
-    table = Table(title=title)
-    for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

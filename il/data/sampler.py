@@ -135,7 +135,7 @@ class WindowSampler:
         keys: Mapping[str, tuple[int, int]],
         episodes: Sequence[int] | np.ndarray | None = None,
         *,
-        memory_bytes: int = 512 * 2**20,
+        memory_bytes: int = 256 * 2**20,
         cache_bytes: int = 64 * 2**20,
     ) -> None:
         self._path = store if isinstance(store, str) else store.path
