@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(
             f"windows per second, one process (obs_horizon {OBS_HORIZON}, action_horizon "
             f"{ACTION_HORIZON}, {store.num_steps} steps)",
-            ["keys", "reader", "windows/s", "il is faster by"],
+            ["keys", "reader", "windows/s", "il ÷ reader"],
             rows,
             args.markdown,
         )

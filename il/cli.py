@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -43,13 +45,68 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
+    """The options every verb that rolls episodes out shares, with the same names and meaning:
+    --env, --split, --episodes-per-task, --workers, --seed, --obs, --image-size,
+    --max-episode-steps."""
+    options = [
+        click.option(
+            "--env",
+            default="metaworld/MT10",
+            show_default=True,
+            help="Task or suite, e.g. metaworld/MT10 or metaworld/reach-v3.",
+        ),
+        click.option(
+            "--split",
+            default="train",
+            show_default=True,
+            help="Suite split: train, or test for ML suites.",
+        ),
+        click.option(
+            "--episodes-per-task",
+            type=click.IntRange(min=1),
+            default=episodes_per_task,
+            show_default=True,
+            help="Episodes of each task of the suite.",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Worker processes [default: one per core].",
+        ),
+        click.option(
+            "--seed",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Episode k of each task is reset with seed + k.",
+        ),
+        click.option(
+            "--obs",
+            default="state",
+            show_default=True,
+            help="Observation keys, comma-separated, e.g. state,image/corner.",
+        ),
+        click.option(
+            "--image-size",
+            type=click.IntRange(min=8),
+            default=84,
+            show_default=True,
+            help="Side of the square camera images, in pixels.",
+        ),
+        click.option(
+            "--max-episode-steps",
+            type=click.IntRange(min=1),
+            default=500,
+            show_default=True,
+            help="Steps after which an episode is cut (truncated).",
+        ),
+    ]
+    return lambda command: functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+
 @app.command("eval")
-@click.option(
-    "--env",
-    default="metaworld/MT10",
-    show_default=True,
-    help="Task or suite, e.g. metaworld/MT10 or metaworld/reach-v3.",
-)
 @click.option(
     "--policy",
     type=click.Choice(["expert"]),
@@ -57,31 +114,7 @@ def _cpu_count() -> int:
     show_default=True,
     help="Which policy to roll out: the scripted expert.",
 )
-@click.option(
-    "--split", default="train", show_default=True, help="Suite split: train, or test for ML suites."
-)
-@click.option("--episodes-per-task", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Worker processes [default: one per core, at most one per task].",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Episode k of each task is reset with seed + k.",
-)
-@click.option(
-    "--obs",
-    default="state",
-    show_default=True,
-    help="Observation keys, comma-separated, e.g. state,image/corner.",
-)
-@click.option("--image-size", type=click.IntRange(min=8), default=84, show_default=True)
-@click.option("--max-episode-steps", type=click.IntRange(min=1), default=500, show_default=True)
+@_rollout_options(episodes_per_task=10)
 @click.option(
     "--video",
     type=click.Path(path_type=Path),
@@ -117,24 +150,13 @@ def eval_(
     json_out: Path | None,
 ) -> None:
     """Roll a policy out on a suite and print success per task."""
-    import envs
     from il.evaluate import evaluate
 
-    try:
-        suite = envs.suite(env, split=split)
-        keys = _parse_obs(obs)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    suite, keys = _suite_and_obs(env, split, obs)
     workers = workers or min(_cpu_count(), len(suite.tasks))
     total = len(suite.tasks) * episodes_per_task
-    columns = (
-        TextColumn("[bold]eval[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as bar:
-        job = bar.add_task(f"{policy} on {suite.name}", total=total)
+    with _progress("eval") as bar:
+        job = bar.add_task(f"{policy} on {suite.name}", total=total, status="")
         report = evaluate(
             suite,
             _expert_factory,
@@ -177,41 +199,12 @@ def eval_(
     show_default=True,
     help="Who acts: the scripted experts.",
 )
-@click.option(
-    "--env",
-    default="metaworld/MT10",
-    show_default=True,
-    help="Task or suite, e.g. metaworld/MT10 or metaworld/reach-v3.",
-)
-@click.option(
-    "--split", default="train", show_default=True, help="Suite split: train, or test for ML suites."
-)
-@click.option("--episodes-per-task", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option(
-    "--obs",
-    default="state",
-    show_default=True,
-    help="Observation keys, comma-separated, e.g. state,image/corner.",
-)
-@click.option("--image-size", type=click.IntRange(min=8), default=84, show_default=True)
+@_rollout_options(episodes_per_task=20)
 @click.option(
     "--out",
     type=click.Path(path_type=str),
     required=True,
     help="The store: a local path (data/mt10.zarr) or an fsspec URL.",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Worker processes [default: one per core].",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Episode k of each task is reset with seed + k.",
 )
 @click.option(
     "--only-success",
@@ -230,7 +223,6 @@ def eval_(
     is_flag=True,
     help="Record every episode to --max-episode-steps, ignoring success.",
 )
-@click.option("--max-episode-steps", type=click.IntRange(min=1), default=500, show_default=True)
 def record(
     source: str,
     env: str,
@@ -247,26 +239,14 @@ def record(
     max_episode_steps: int,
 ) -> None:
     """Record demonstrations into a DemoStore (resumes into an existing one)."""
-    import envs
     from il.data.store import StoreError
     from il.record import record_expert
 
-    try:
-        suite = envs.suite(env, split=split)
-        keys = _parse_obs(obs)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    suite, keys = _suite_and_obs(env, split, obs)
     workers = workers or _cpu_count()
     total = len(suite.tasks) * episodes_per_task
-    columns = (
-        TextColumn("[bold]record[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-    )
     counts = {"ok": 0, "failed": 0}
-    with Progress(*columns, console=console, transient=True) as bar:
+    with _progress("record") as bar:
         job = bar.add_task(f"{source} on {suite.name}", total=total, status="")
 
         def on_episode(task: str, success: bool) -> None:
@@ -356,6 +336,29 @@ def _human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"
+
+
+def _suite_and_obs(env: str, split: str, obs: str) -> tuple[Any, tuple[str, ...]]:
+    """The suite named by --env/--split and the keys of --obs, or a one-line error."""
+    import envs
+
+    try:
+        return envs.suite(env, split=split), _parse_obs(obs)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _progress(verb: str) -> Progress:
+    """A progress bar for a verb that works through episodes; `status` is free text."""
+    return Progress(
+        TextColumn(f"[bold]{verb}[/] {{task.description}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        transient=True,
+    )
 
 
 def _parse_obs(obs: str) -> tuple[str, ...]:

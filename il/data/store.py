@@ -135,12 +135,20 @@ class Episode:
         return self.end - self.start
 
 
+IMAGE_CHUNK_BYTES = 96 * 1024
+"""Decoded bytes per chunk of a large key (an image): four 84x84 RGB frames. Random training
+windows decode a whole chunk for one or two frames, so smaller is faster there, while
+whole-episode replay and file count favour larger; see docs/store.md for the measurement."""
+VECTOR_CHUNK_BYTES = 256 * 1024
+
+
 def _default_chunk_steps(spec: KeySpec) -> int:
-    """Time steps per chunk: about 256 KiB per chunk for images (a window's read touches one or
-    two chunks and decodes fast), and long chunks for small vectors (few files, one read per
-    episode)."""
+    """Time steps per chunk: about `IMAGE_CHUNK_BYTES` for keys of 4 KiB or more per step
+    (images), long chunks for small vectors (few files; the sampler keeps them in memory)."""
     step_bytes = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
-    return int(np.clip((256 * 1024) // max(step_bytes, 1), 8, 4096))
+    if step_bytes >= 4096:
+        return max(1, IMAGE_CHUNK_BYTES // step_bytes)
+    return int(np.clip(VECTOR_CHUNK_BYTES // max(step_bytes, 1), 8, 4096))
 
 
 def _compressors(spec: KeySpec) -> Any:
