@@ -306,27 +306,30 @@ def info(path: str, as_json: bool) -> None:
         + ", sources: "
         + (", ".join(f"{k} {v}" for k, v in report["sources"].items()) or "-")
     )
-    keys = Table(title="keys")
-    for col in ("key", "shape", "dtype", "chunks", "on disk", "description"):
-        keys.add_column(col, justify="right" if col == "on disk" else "left")
+    keys = Table(title="keys (per step)", title_justify="left")
+    for col in ("key", "shape", "dtype", "steps/chunk", "on disk"):
+        keys.add_column(col, justify="left" if col == "key" else "right", no_wrap=True)
+    wide = console.width >= 120  # descriptions only where they fit; --json has them all
+    if wide:
+        keys.add_column("description")
     for k, v in report["keys"].items():
         size = v["bytes_on_disk"]
-        keys.add_row(
-            k,
-            str(tuple(v["shape"])),
-            v["dtype"],
-            str(tuple(v["chunks"])),
-            "-" if size is None else _human_bytes(size),
-            v["description"],
-        )
+        row = [k, str(tuple(v["shape"][1:])), v["dtype"], str(v["chunks"][0])]
+        row.append("-" if size is None else _human_bytes(size))
+        keys.add_row(*row, *([_shorten(v["description"], 60)] if wide else []))
     console.print(keys)
-    tasks = Table(title="tasks")
-    tasks.add_column("task")
+    tasks = Table(title="tasks", title_justify="left")
+    tasks.add_column("task", no_wrap=True)
     tasks.add_column("episodes", justify="right")
+    tasks.add_column("success", justify="right")
     for k, v in report["tasks"].items():
-        tasks.add_row(k, str(v))
+        tasks.add_row(k, str(v), f"{100 * report['task_success_rate'][k]:.0f}%")
     console.print(tasks)
     console.print(f"action: {report['action']}")
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _human_bytes(n: int) -> str:

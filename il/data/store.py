@@ -255,7 +255,10 @@ class DemoStore:
         try:
             group = zarr.open_group(path, mode="r" if mode == "r" else "r+", zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as e:
-            raise StoreError(f"{path} is not a zarr 3 DemoStore ({type(e).__name__})") from None
+            raise StoreError(
+                f"{path} is not a DemoStore (no zarr 3 group there); give the path of a store "
+                "that `il record` made"
+            ) from None
         store = cls(group, path, writable=mode == "a")
         if mode == "a":
             store._acquire_lock()
@@ -497,6 +500,9 @@ class DemoStore:
             "steps": self.num_steps,
             "success_rate": float(meta["success"].mean()) if self.num_episodes else None,
             "tasks": {str(t): int(c) for t, c in zip(tasks, counts, strict=True)},
+            "task_success_rate": {
+                str(t): float(meta["success"][meta["task"] == t].mean()) for t in tasks
+            },
             "sources": {str(s): int(c) for s, c in zip(sources, source_counts, strict=True)},
             "action": self.schema.action,
             "source": self.schema.source,
