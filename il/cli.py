@@ -52,9 +52,9 @@ def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
     options = [
         click.option(
             "--env",
-            default="metaworld/MT10",
-            show_default=True,
-            help="Task or suite, e.g. metaworld/MT10 or metaworld/reach-v3.",
+            default=None,
+            help="Task or suite, e.g. metaworld/MT10 or metaworld/reach-v3 "
+            "[default: metaworld/MT10; for --checkpoint, the tasks it was trained on].",
         ),
         click.option(
             "--split",
@@ -86,7 +86,8 @@ def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
             "--obs",
             default="state",
             show_default=True,
-            help="Observation keys, comma-separated, e.g. state,image/corner.",
+            help="Observation keys, comma-separated, e.g. state,image/corner "
+            "(a checkpoint brings its own).",
         ),
         click.option(
             "--image-size",
@@ -108,11 +109,16 @@ def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
 
 @app.command("eval")
 @click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A run folder of `il train` (its latest checkpoint) or a checkpoint folder.",
+)
+@click.option(
     "--policy",
     type=click.Choice(["expert"]),
-    default="expert",
-    show_default=True,
-    help="Which policy to roll out: the scripted expert.",
+    default=None,
+    help="Roll out the scripted experts instead of a checkpoint (the reference row).",
 )
 @_rollout_options(episodes_per_task=10)
 @click.option(
@@ -136,8 +142,9 @@ def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
     help="Write per-episode results as JSON here.",
 )
 def eval_(
-    env: str,
-    policy: str,
+    checkpoint: Path | None,
+    policy: str | None,
+    env: str | None,
     split: str,
     episodes_per_task: int,
     workers: int | None,
@@ -149,29 +156,59 @@ def eval_(
     video_episodes: int,
     json_out: Path | None,
 ) -> None:
-    """Roll a policy out on a suite and print success per task."""
-    from il.evaluate import evaluate
+    """Roll a checkpoint (or the scripted experts) out on a suite; success per task."""
+    from il.evaluate import evaluate, evaluate_checkpoint
+    from il.policies.base import CheckpointError, load_policy, resolve_checkpoint
 
-    suite, keys = _suite_and_obs(env, split, obs)
-    workers = workers or min(_cpu_count(), len(suite.tasks))
-    total = len(suite.tasks) * episodes_per_task
+    if (checkpoint is None) == (policy is None):
+        raise UserError("give either --checkpoint RUN_OR_CHECKPOINT or --policy expert")
+    common = dict(
+        episodes_per_task=episodes_per_task,
+        seed=seed,
+        video_dir=video,
+        video_episodes=video_episodes,
+    )
     with _progress("eval") as bar:
-        job = bar.add_task(f"{policy} on {suite.name}", total=total, status="")
-        report = evaluate(
-            suite,
-            _expert_factory,
-            policy_name=policy,
-            episodes_per_task=episodes_per_task,
-            workers=workers,
-            seed=seed,
-            obs=keys,
-            image_size=image_size,
-            max_episode_steps=max_episode_steps,
-            video_dir=video,
-            video_episodes=video_episodes,
-            on_episode=functools.partial(bar.advance, job),
-        )
-    table = Table(title=f"{policy} on {suite.name} ({episodes_per_task} episodes per task)")
+        job = bar.add_task("", total=None, status="")
+        common["on_episode"] = functools.partial(bar.advance, job)
+        if checkpoint is not None:
+            try:
+                folder = resolve_checkpoint(checkpoint)
+                learned = load_policy(folder)
+                if env is not None:
+                    n_tasks = len(_suite_and_obs(env, split, "state")[0].tasks)
+                else:
+                    n_tasks = len(learned.spec.env.get("tasks") or [None])
+                workers = workers or min(_cpu_count(), n_tasks)
+                where = env or learned.spec.env.get("suite", "its suite")
+                bar.update(
+                    job, description=f"{learned.name} on {where}", total=n_tasks * episodes_per_task
+                )
+                report = evaluate_checkpoint(
+                    folder, suite=env, split=split, workers=workers, **common
+                )
+            except (CheckpointError, ValueError) as e:
+                raise UserError(str(e)) from None
+            policy = learned.name
+        else:
+            suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs)
+            workers = workers or min(_cpu_count(), len(suite.tasks))
+            bar.update(
+                job,
+                description=f"expert on {suite.name}",
+                total=len(suite.tasks) * episodes_per_task,
+            )
+            report = evaluate(
+                suite,
+                _expert_factory,
+                policy_name="expert",
+                workers=workers,
+                obs=keys,
+                image_size=image_size,
+                max_episode_steps=max_episode_steps,
+                **common,
+            )
+    table = Table(title=f"{policy} on {report.suite} ({episodes_per_task} episodes per task)")
     table.add_column("task")
     table.add_column("success", justify="right")
     table.add_column("mean length", justify="right")
@@ -377,6 +414,79 @@ def _parse_obs(obs: str) -> tuple[str, ...]:
     if not keys:
         raise ValueError("--obs needs at least one key, e.g. state,image/corner")
     return keys
+
+
+@app.command(
+    "train",
+    context_settings={"ignore_unknown_options": False},
+)
+@click.option("--policy", default="bc", show_default=True, help="The method: bc.")
+@click.option(
+    "--data",
+    type=str,
+    default=None,
+    help="The DemoStore to learn from (sets data.path).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=str),
+    default=None,
+    help="The run folder (sets out) [default: runs/<policy>].",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A YAML config [default: configs/<policy>.yaml when it exists].",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.argument("overrides", nargs=-1)
+def train_(
+    policy: str,
+    data: str | None,
+    out: str | None,
+    config_file: Path | None,
+    resume: bool,
+    overrides: tuple[str, ...],
+) -> None:
+    """Train a policy on a DemoStore. OVERRIDES are key=value, e.g. train.steps=5000
+    model.hidden=[256,256] data.obs=[obs/state,obs/image/corner]."""
+    from il.train import ConfigError, load_config, train
+
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not key=value (e.g. train.steps=5000)")
+    default_yaml = Path("configs") / f"{policy}.yaml"
+    if config_file is None and default_yaml.exists():
+        config_file = default_yaml
+    extra = [*overrides]
+    if data is not None:
+        extra.append(f"data.path={data}")
+    if out is not None:
+        extra.append(f"out={out}")
+    try:
+        config = load_config(policy, config_file, extra)
+        if resume:
+            saved = Path(config.out) / "config.yaml"
+            if saved.exists():  # the run's own config, with this command's overrides on top
+                config = load_config(policy, saved, extra)
+        total = config.train.steps
+        with _progress("train") as bar:
+            job = bar.add_task(f"{policy} → {config.out}", total=total, status="")
+
+            def on_step(step: int, metrics: dict[str, float]) -> None:
+                status = f"loss {metrics['mse']:.4f}" if "mse" in metrics else ""
+                bar.update(job, completed=step, status=status)
+
+            last = train(config, resume=resume, on_step=on_step)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    console.print(f"checkpoint: {last}")
+    console.print(
+        f"curves: {Path(config.out) / 'curves.png'}; metrics: {Path(config.out) / 'metrics.csv'}"
+    )
+    console.print(f"evaluate it: il eval --checkpoint {config.out}")
 
 
 @app.command("envs")

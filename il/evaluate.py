@@ -298,3 +298,79 @@ def _drain(progress: Any, on_episode: Callable[[], None] | None) -> None:
             return
         if on_episode is not None:
             on_episode()
+
+
+class CheckpointPolicies:
+    """A picklable policy factory: one policy per task, from a checkpoint loaded once per
+    process (every task's policy is a copy, with its own history and action queue)."""
+
+    def __init__(self, checkpoint: str | os.PathLike) -> None:
+        self.checkpoint = str(checkpoint)
+        self._loaded: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint, "_loaded": None}
+
+    def __call__(self, task: SuiteTask) -> Policy:
+        import copy
+
+        import torch
+
+        from il.policies.base import load_policy
+
+        if self._loaded is None:
+            torch.set_num_threads(1)  # one env per core: the workers are the parallelism
+            self._loaded = load_policy(self.checkpoint)
+        policy = copy.deepcopy(self._loaded)
+        policy.reset(task=task.name if policy.spec.tasks else None)
+        return _TaskBound(policy, task.name if policy.spec.tasks else None)
+
+
+class _TaskBound:
+    """A policy whose `reset()` keeps its task (evaluation resets without arguments)."""
+
+    def __init__(self, policy: Any, task: str | None) -> None:
+        self.policy, self.task = policy, task
+
+    def reset(self) -> None:
+        self.policy.reset(task=self.task)
+
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        return self.policy.act(observation)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    *,
+    suite: str | None = None,
+    split: str = "train",
+    **kwargs: Any,
+) -> EvalReport:
+    """Evaluate a checkpoint in the env it describes: its suite (or `suite`), its observation
+    keys, image size and episode length."""
+    from il.policies.base import load_policy, resolve_checkpoint
+
+    folder = resolve_checkpoint(checkpoint)
+    policy = load_policy(folder)
+    env = policy.spec.env
+    name = suite or env.get("suite")
+    if name is None:
+        raise ValueError(f"{folder} does not name its suite; pass one with --env")
+    chosen = envs.suite(name, split=split if suite else env.get("split", split))
+    trained = env.get("tasks") or policy.spec.tasks
+    if suite is None and trained:  # the tasks it was trained on, of the suite it came from
+        chosen = Suite(
+            chosen.name, chosen.split, tuple(t for t in chosen.tasks if t.name in trained)
+        )
+    if policy.spec.tasks:
+        unknown = [t for t in chosen.task_names if t not in policy.spec.tasks]
+        if unknown:
+            raise ValueError(
+                f"the policy was not trained on {', '.join(unknown[:3])}; evaluate it on a suite "
+                f"of its tasks ({', '.join(policy.spec.tasks[:3])}, ...)"
+            )
+    kwargs.setdefault("obs", tuple(policy.spec.env_key(k) for k in policy.spec.obs_shapes))
+    kwargs.setdefault("image_size", int(env.get("image_size", 84)))
+    kwargs.setdefault("max_episode_steps", int(env.get("max_episode_steps", 500)))
+    kwargs.setdefault("policy_name", f"{policy.name} ({folder})")
+    return evaluate(chosen, CheckpointPolicies(folder), **kwargs)

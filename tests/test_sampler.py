@@ -272,3 +272,18 @@ def test_constant_dimension_does_not_divide_by_zero(tmp_path):
 def test_bad_mode_is_a_clear_error(store):
     with pytest.raises(ValueError, match="must be one of"):
         Normalizer.from_store(store, {"action": "zscore"})
+
+
+@pytest.mark.parametrize("memory_bytes", [2**30, 0], ids=["in-memory", "chunk-decoding"])
+def test_batch_equals_stacked_windows(store, memory_bytes):
+    sampler = WindowSampler(store, SPEC, memory_bytes=memory_bytes)
+    indices = np.random.default_rng(1).integers(0, len(sampler), size=17)
+    batch = sampler.batch(indices)
+    for row, i in enumerate(indices):
+        for k, v in sampler[int(i)].items():
+            np.testing.assert_array_equal(batch[k][row], v, err_msg=k)
+    starts, ends = store.episode_starts, store.episode_ends
+    for i in indices:
+        episode = sampler.window_episodes[i]
+        steps, _ = sampler.steps(int(i), "action")
+        assert starts[episode] <= steps.min() and steps.max() < ends[episode]

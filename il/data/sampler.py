@@ -108,6 +108,7 @@ class _Layout:
     anchors: np.ndarray  # (N,) global step index of each window's anchor
     starts: np.ndarray  # (N,) first step of the anchor's episode
     ends: np.ndarray  # (N,) one past the last step
+    episodes: np.ndarray  # (N,) store index of the anchor's episode
 
 
 def _layout(store: DemoStore, episodes: np.ndarray) -> _Layout:
@@ -117,7 +118,9 @@ def _layout(store: DemoStore, episodes: np.ndarray) -> _Layout:
         [np.arange(s, e, dtype=np.int64) for s, e in zip(starts, ends, strict=True)]
         or [np.zeros(0, np.int64)]
     )
-    return _Layout(anchors, np.repeat(starts, lengths), np.repeat(ends, lengths))
+    return _Layout(
+        anchors, np.repeat(starts, lengths), np.repeat(ends, lengths), np.repeat(episodes, lengths)
+    )
 
 
 class WindowSampler:
@@ -211,6 +214,28 @@ class WindowSampler:
         wanted = anchor + self._offsets[key]
         start, end = self._layout.starts[index], self._layout.ends[index]
         return np.clip(wanted, start, end - 1), (wanted < start) | (wanted >= end)
+
+    @property
+    def window_episodes(self) -> np.ndarray:
+        """(N,) the store index of each window's episode (e.g. to look up its task)."""
+        return self._layout.episodes
+
+    def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Windows `indices` stacked: `(B, L, *step_shape)` per key and `(B, L)` pad masks, read
+        with one gather per key instead of one per window."""
+        indices = np.asarray(indices, dtype=np.int64)
+        readers = self.readers()
+        anchor = self._layout.anchors[indices][:, None]
+        start = self._layout.starts[indices][:, None]
+        end = self._layout.ends[indices][:, None]
+        out: dict[str, np.ndarray] = {}
+        for key in self.keys:
+            wanted = anchor + self._offsets[key][None, :]  # b l
+            steps = np.clip(wanted, start, end - 1)
+            values = readers[key].take(steps.reshape(-1))
+            out[key] = values.reshape(*steps.shape, *values.shape[1:])
+            out[f"{key}_is_pad"] = (wanted < start) | (wanted >= end)
+        return out
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         if not -len(self) <= index < len(self):

@@ -1,0 +1,308 @@
+"""The one interface every learned policy implements, and its self-describing checkpoint.
+
+Training calls `loss(batch)`; evaluation, deployment and fine-tuning call `reset()` and
+`act(observation)`. Everything between a raw observation and the action sent — observation
+history, normalization, the queue of a predicted action chunk, temporal ensembling — lives here,
+once, so a method only says how it maps normalized observations to a normalized action chunk
+(`predict_chunk`) and how it learns (`loss`).
+
+A checkpoint is a folder: `model.safetensors` (weights and normalization buffers) and
+`policy.json` (method name, its config, the data spec — observation keys and shapes, action
+size and convention, task list, env identity — and the normalization statistics). That is
+enough to rebuild the policy and its environment without the training config, and nothing in it
+is unpickled.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from il.data.normalize import Normalizer
+
+__all__ = ["CheckpointError", "DataSpec", "Policy", "load_policy", "register"]
+
+CHECKPOINT_FORMAT = "il.policy"
+CHECKPOINT_VERSION = 1
+_REGISTRY: dict[str, type[Policy]] = {}
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be loaded; the message says why and what to do."""
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    """Make a policy class loadable by its `name` (a class decorator)."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+@dataclass
+class DataSpec:
+    """What a policy sees and emits, in the DemoStore's terms; saved in every checkpoint."""
+
+    obs_shapes: dict[str, list[int]]
+    """Store key (`obs/state`, `obs/image/corner`) → shape of one step."""
+    action_dim: int
+    tasks: list[str] = field(default_factory=list)
+    """Task names in the order of the task one-hot; empty for a single-task policy."""
+    action: dict[str, Any] = field(default_factory=dict)
+    """The action convention copied from the store."""
+    env: dict[str, Any] = field(default_factory=dict)
+    """Env identity from the store (suite, image size, episode length, ...)."""
+
+    @property
+    def image_keys(self) -> list[str]:
+        return [k for k, s in self.obs_shapes.items() if len(s) == 3]
+
+    @property
+    def vector_keys(self) -> list[str]:
+        return [k for k, s in self.obs_shapes.items() if len(s) == 1]
+
+    @staticmethod
+    def env_key(store_key: str) -> str:
+        """The env observation key of a store key: `obs/image/corner` → `image/corner`."""
+        return store_key.removeprefix("obs/")
+
+
+class Policy(nn.Module):
+    """Base of every learned policy. Subclasses set `name` and `Config`, build their networks
+    in `__init__`, and implement `loss` and `predict_chunk`."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+
+    def __init__(self, config: Any, spec: DataSpec, normalizer: Normalizer) -> None:
+        super().__init__()
+        self.config = config
+        self.spec = spec
+        self.normalizer = normalizer
+        for key, mode in normalizer.modes.items():
+            if mode == "identity":
+                continue
+            scale, offset = normalizer._scale_offset(key)
+            self.register_buffer(_buffer(key, "scale"), torch.as_tensor(scale, dtype=torch.float32))
+            self.register_buffer(
+                _buffer(key, "offset"), torch.as_tensor(offset, dtype=torch.float32)
+            )
+        self.task: str | None = None
+        self._obs_history: collections.deque[dict[str, np.ndarray]] = collections.deque()
+        self._queue: collections.deque[np.ndarray] = collections.deque()
+        self._ensemble: list[tuple[int, np.ndarray]] = []
+        self._t = 0
+
+    # --- what a method implements ------------------------------------------------------------
+    @property
+    def obs_horizon(self) -> int:
+        return int(getattr(self.config, "obs_horizon", 1))
+
+    @property
+    def action_horizon(self) -> int:
+        return int(getattr(self.config, "action_horizon", 1))
+
+    @property
+    def n_action_steps(self) -> int:
+        """Actions of each predicted chunk that are executed before predicting again."""
+        return int(getattr(self.config, "n_action_steps", 1))
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss of a batch of windows (store keys, `<key>_is_pad`, `task`)."""
+        raise NotImplementedError
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        # `loss` through `__call__`, so DistributedDataParallel and torch.compile see it.
+        return self.loss(batch)
+
+    def predict_chunk(self, obs: Mapping[str, torch.Tensor], task: torch.Tensor) -> torch.Tensor:
+        """Normalized observations `(b, obs_horizon, ...)` → normalized actions
+        `(b, action_horizon, action_dim)`."""
+        raise NotImplementedError
+
+    # --- normalization -----------------------------------------------------------------------
+    def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        if self.normalizer.modes.get(key, "identity") == "identity":
+            return x
+        return (x - getattr(self, _buffer(key, "offset"))) / getattr(self, _buffer(key, "scale"))
+
+    def unnormalize(self, key: str, y: torch.Tensor) -> torch.Tensor:
+        if self.normalizer.modes.get(key, "identity") == "identity":
+            return y
+        return y * getattr(self, _buffer(key, "scale")) + getattr(self, _buffer(key, "offset"))
+
+    def task_index(self, task: str | None) -> int:
+        if not self.spec.tasks:
+            return 0
+        if task not in self.spec.tasks:
+            raise ValueError(
+                f"this policy was trained on {len(self.spec.tasks)} tasks and {task!r} is not "
+                f"one of them: {', '.join(self.spec.tasks)}"
+            )
+        return self.spec.tasks.index(task)
+
+    # --- control -----------------------------------------------------------------------------
+    def reset(self, task: str | None = None) -> None:
+        """Forget the observation history and queued actions; set the task if given."""
+        if task is not None:
+            self.task_index(task)  # fail early on an unknown task
+            self.task = task
+        self._obs_history.clear()
+        self._queue.clear()
+        self._ensemble.clear()
+        self._t = 0
+
+    @torch.no_grad()
+    def act(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The action to send for a raw env observation (dict of `state`, `image/<camera>`)."""
+        step = {}
+        for key in self.spec.obs_shapes:
+            env_key = DataSpec.env_key(key)
+            if env_key not in observation:
+                raise ValueError(
+                    f"observation lacks {env_key!r} that this policy needs; make the env with "
+                    f"obs={tuple(DataSpec.env_key(k) for k in self.spec.obs_shapes)}"
+                )
+            step[key] = np.asarray(observation[env_key])
+        if not self._obs_history:
+            self._obs_history.extend([step] * self.obs_horizon)  # pad the start with the first
+        else:
+            self._obs_history.append(step)
+        while len(self._obs_history) > self.obs_horizon:
+            self._obs_history.popleft()
+        ensemble = getattr(self.config, "temporal_ensemble", None)
+        if ensemble is not None or not self._queue:
+            chunk = self._predict(self._obs_history)
+            if ensemble is not None:
+                action = self._ensembled(chunk, float(ensemble))
+                self._t += 1
+                return action
+            self._queue.extend(chunk[: self.n_action_steps])
+        self._t += 1
+        return self._queue.popleft()
+
+    def _predict(self, history: collections.deque) -> np.ndarray:
+        device = next(self.parameters()).device
+        obs = {}
+        for key in self.spec.obs_shapes:
+            x = torch.as_tensor(np.stack([h[key] for h in history]), device=device)[None]
+            obs[key] = self.normalize(key, x.float()) if x.dtype != torch.uint8 else x
+        task = torch.tensor([self.task_index(self.task)], device=device)
+        was_training = self.training
+        self.eval()
+        chunk = self.predict_chunk(obs, task)
+        self.train(was_training)
+        action = self.unnormalize("action", chunk.float())[0]
+        return action.cpu().numpy().astype(np.float32)
+
+    def _ensembled(self, chunk: np.ndarray, m: float) -> np.ndarray:
+        """ACT's temporal ensembling: every chunk predicted so far that covers this step votes,
+        the older with weight exp(-m * age_rank)."""
+        self._ensemble.append((self._t, chunk))
+        self._ensemble = [(t0, c) for t0, c in self._ensemble if self._t - t0 < len(c)]
+        votes = np.stack([c[self._t - t0] for t0, c in self._ensemble])
+        weights = np.exp(-m * np.arange(len(votes)))
+        return (weights[:, None] * votes).sum(0) / weights.sum()
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "policy": self.name,
+            "config": dataclasses.asdict(self.config),
+            "spec": dataclasses.asdict(self.spec),
+            "normalizer": self.normalizer.to_json(),
+        }
+
+    def save(self, directory: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write `model.safetensors` and `policy.json` into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(directory / "model.safetensors"))
+        description = self.describe() | dict(extra or {})
+        (directory / "policy.json").write_text(json.dumps(description, indent=1))
+        return directory
+
+
+def _buffer(key: str, what: str) -> str:
+    return f"norm_{what}__" + key.replace("/", "__")
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
+    """Rebuild a policy from a checkpoint folder (or a run folder: its latest checkpoint)."""
+    directory = resolve_checkpoint(path)
+    try:
+        description = json.loads((directory / "policy.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(
+            f"{directory}/policy.json cannot be read ({e}); is it a checkpoint?"
+        ) from None
+    if description.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{directory} is not an il policy checkpoint (no format in policy.json)"
+        )
+    if description.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{directory} is checkpoint version {description.get('version')}; this il reads "
+            f"version {CHECKPOINT_VERSION}"
+        )
+    _import_methods()
+    cls = _REGISTRY.get(description.get("policy", ""))
+    if cls is None:
+        raise CheckpointError(
+            f"{directory} holds policy {description.get('policy')!r}, which this il does not "
+            f"know; known: {', '.join(sorted(_REGISTRY))}"
+        )
+    config = build_config(cls.Config, description["config"])
+    spec = DataSpec(**description["spec"])
+    normalizer = Normalizer.from_json(description["normalizer"])
+    policy = cls(config, spec, normalizer)
+    try:
+        state = load_file(str(directory / "model.safetensors"))
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"{directory}/model.safetensors cannot be read: {e}") from None
+    missing, unexpected = policy.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{directory}: weights do not fit the policy (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); the checkpoint and policy.json disagree"
+        )
+    return policy.to(device).eval()
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder or a run folder (→ `checkpoints/last`)."""
+    path = Path(path)
+    if (path / "policy.json").exists():
+        return path
+    last = path / "checkpoints" / "last"
+    if (last / "policy.json").exists():
+        return last
+    raise CheckpointError(
+        f"no checkpoint at {path}: expected policy.json there or in {path}/checkpoints/last; "
+        "give a run folder made by `il train` or one of its checkpoints"
+    )
+
+
+def build_config(cls: type, values: Mapping[str, Any]) -> Any:
+    """A config dataclass from plain values, refusing unknown keys."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise CheckpointError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
+    return cls(**values)
+
+
+def _import_methods() -> None:
+    """Import every method module so its `@register` has run."""
+    import il.policies.bc  # noqa: F401

@@ -1,0 +1,638 @@
+"""`il train`: fit any policy to a DemoStore, on CPU, one GPU, or many through torchrun.
+
+One loop for every method (it only ever calls `policy.loss`): AdamW with warm-up and a cosine
+schedule, gradient clipping, an exponential moving average of the weights (the EMA weights are
+what checkpoints hold and evaluation uses), AMP on CUDA, DDP when started by `torchrun`.
+
+Batches are drawn with replacement by a generator seeded with (seed, rank, step), so the data a
+step sees depends on nothing but its number: a run resumed from a checkpoint sees exactly the
+batches the uninterrupted run would have, and with the optimizer, scheduler, EMA and RNG states
+restored it ends with the same weights.
+
+A run folder holds `config.yaml` (the resolved config), `metrics.csv`, TensorBoard events,
+`curves.png`, and `checkpoints/step_<N>/` with `last` pointing at the newest.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from il.data.normalize import Normalizer
+from il.data.sampler import WindowSampler, select_episodes, split_episodes, window_spec
+from il.data.store import DemoStore, StoreError
+from il.policies.base import _REGISTRY, DataSpec, Policy, _import_methods
+
+__all__ = ["ConfigError", "RunConfig", "TrainConfig", "load_config", "train"]
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message names the key and the fix."""
+
+
+@dataclass
+class TrainConfig:
+    """How to optimise. Every field can be set as `train.<field>=value`."""
+
+    steps: int = 20_000
+    """Optimizer steps in total (a resumed run continues up to this number)."""
+    batch_size: int = 256
+    """Windows per step and per process."""
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    """Linear warm-up of the learning rate, then a cosine decay to `lr * min_lr_ratio`."""
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    """Clip the gradient norm to this (0 = no clipping)."""
+    ema_decay: float = 0.999
+    """Decay of the weights' moving average (0 = no EMA: checkpoints hold the raw weights)."""
+    val_fraction: float = 0.05
+    """Fraction of episodes held out for the validation loss."""
+    val_every: int = 1000
+    val_batches: int = 8
+    seed: int = 0
+    num_workers: int = 0
+    """DataLoader worker processes producing batches (0 = in the training process)."""
+    log_every: int = 100
+    save_every: int = 5000
+    """Steps between checkpoints (the final one is always saved)."""
+    eval_every: int = 0
+    """Steps between evaluations in the env (0 = none)."""
+    eval_episodes_per_task: int = 5
+    eval_workers: int = 1
+    device: str = "auto"
+    """auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."""
+    amp: str = "auto"
+    """Mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off."""
+    compile: bool = False
+    """torch.compile the policy (CUDA; slower to start)."""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)."""
+
+
+@dataclass
+class DataConfig:
+    """What to learn from."""
+
+    path: str = "data/mt10.zarr"
+    """The DemoStore (a path or an fsspec URL)."""
+    obs: list[str] = field(default_factory=lambda: ["obs/state"])
+    """Observation keys of the store the policy sees."""
+    tasks: list[str] | None = None
+    """Only episodes of these tasks (default: all)."""
+    only_success: bool = True
+    """Only successful episodes."""
+    normalize: dict[str, str] = field(default_factory=lambda: {"action": "min_max"})
+    """Normalization mode per key; vector observations default to mean_std, images to none."""
+
+
+@dataclass
+class RunConfig:
+    """A whole training run: `policy` names the method, `model` is that method's config."""
+
+    policy: str = "bc"
+    out: str = "runs/bc"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: Any = None
+
+
+# --- configuration -------------------------------------------------------------------------------
+def policy_class(name: str) -> type[Policy]:
+    _import_methods()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown policy {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def load_config(
+    policy: str, yaml_path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> RunConfig:
+    """Defaults of `policy`, then the YAML file, then `key=value` overrides; typo-proof: an
+    unknown key or a value of the wrong type is a `ConfigError` naming it."""
+    base = _schema(policy)
+    try:
+        if yaml_path is not None:
+            loaded = OmegaConf.load(yaml_path)
+            if loaded.get("policy", policy) != policy:
+                raise ConfigError(
+                    f"{yaml_path} is a config for policy {loaded.policy!r}, not {policy!r}"
+                )
+            base = OmegaConf.merge(base, loaded)
+        base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(_config_message(e, base)) from None
+    return _to_run_config(base, policy)
+
+
+def _schema(policy: str) -> DictConfig:
+    cls = policy_class(policy)
+    schema = OmegaConf.structured(RunConfig(policy=policy, out=f"runs/{policy}"))
+    OmegaConf.set_struct(schema, False)
+    schema.model = OmegaConf.structured(cls.Config)
+    OmegaConf.set_struct(schema, True)
+    return schema
+
+
+def _config_message(error: OmegaConfBaseException, schema: DictConfig) -> str:
+    key = getattr(error, "full_key", None) or ""
+    text = str(error).splitlines()[0]
+    if ("Key" in text and "not in" in text) or "Could not override" in text or "not found" in text:
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.select(schema, parent) if parent else schema
+        valid = ", ".join(f"{parent + '.' if parent else ''}{k}" for k in node) if node else ""
+        return f"unknown config key {key!r}; valid keys here: {valid}"
+    return f"bad config value for {key!r}: {text}"
+
+
+def _to_run_config(cfg: DictConfig, policy: str) -> RunConfig:
+    cls = policy_class(policy)
+    data = OmegaConf.to_object(cfg)
+    assert isinstance(data, RunConfig)
+    if not isinstance(data.model, cls.Config):
+        data.model = cls.Config(**data.model)  # type: ignore[call-arg]
+    return data
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+
+
+# --- data ----------------------------------------------------------------------------------------
+@dataclass
+class TrainingData:
+    spec: DataSpec
+    normalizer: Normalizer
+    train: WindowSampler
+    val: WindowSampler | None
+    train_tasks: np.ndarray  # (N,) task index of each training window
+    val_tasks: np.ndarray | None
+
+
+def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
+    try:
+        store = DemoStore.open(config.data.path)
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
+    for key in [*config.data.obs, "action"]:
+        if key not in store.schema.keys:
+            raise ConfigError(
+                f"{config.data.path} has no key {key!r}; data.obs takes keys of "
+                f"{', '.join(k for k in store.schema.keys if k.startswith('obs/'))}"
+            )
+    episodes = select_episodes(
+        store,
+        tasks=config.data.tasks,
+        success=True if config.data.only_success else None,
+    )
+    if len(episodes) == 0:
+        raise ConfigError(f"no episodes of {config.data.path} pass the data filters")
+    train_eps, val_eps = split_episodes(episodes, config.train.val_fraction, config.train.seed)
+    meta = store.episode_meta()
+    episode_task = np.array([str(t) for t in meta["task"]])
+    tasks = sorted(set(episode_task[episodes]))
+    source_tasks = store.schema.source.get("tasks")
+    if source_tasks and set(tasks) <= set(source_tasks):
+        tasks = [t for t in source_tasks if t in set(tasks)]
+    task_of_episode = np.array([tasks.index(t) if t in tasks else -1 for t in episode_task])
+
+    obs_horizon = int(getattr(policy_config, "obs_horizon", 1))
+    action_horizon = int(getattr(policy_config, "action_horizon", 1))
+    keys = window_spec(config.data.obs, obs_horizon, ["action"], action_horizon)
+    modes = {}
+    for key in config.data.obs:
+        is_image = len(store.schema.keys[key].shape) == 3
+        modes[key] = config.data.normalize.get(key, "identity" if is_image else "mean_std")
+    modes["action"] = config.data.normalize.get("action", "min_max")
+    normalizer = Normalizer.from_store(store, modes, train_eps)
+    source = store.schema.source
+    spec = DataSpec(
+        obs_shapes={k: list(store.schema.keys[k].shape) for k in config.data.obs},
+        action_dim=int(store.schema.keys["action"].shape[0]),
+        tasks=tasks if len(tasks) > 1 else [],
+        action=dict(store.schema.action),
+        env={
+            k: source[k]
+            for k in ("env", "suite", "split", "image_size", "max_episode_steps")
+            if k in source
+        }
+        | {"tasks": tasks},
+    )
+    train_sampler = WindowSampler(store.path, keys, train_eps)
+    val_sampler = WindowSampler(store.path, keys, val_eps) if len(val_eps) else None
+    return TrainingData(
+        spec,
+        normalizer,
+        train_sampler,
+        val_sampler,
+        task_of_episode[train_sampler.window_episodes],
+        None if val_sampler is None else task_of_episode[val_sampler.window_episodes],
+    )
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    """Batches for steps `start, start+1, ...`; step s draws its windows with a generator
+    seeded by (seed, rank, s). Worker k of n produces the steps s ≡ k (mod n), and the
+    DataLoader interleaves workers in order, so the stream is the same for any worker count."""
+
+    def __init__(
+        self,
+        sampler: WindowSampler,
+        tasks: np.ndarray,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        start: int,
+    ) -> None:
+        self.sampler, self.tasks, self.batch_size = sampler, tasks, batch_size
+        self.seed, self.rank, self.start = seed, rank, start
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        step = self.start + worker
+        while True:
+            yield batch_at(self.sampler, self.tasks, self.batch_size, (self.seed, self.rank, step))
+            step += workers
+
+
+def batch_at(
+    sampler: WindowSampler, tasks: np.ndarray, batch_size: int, seed: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    indices = np.random.default_rng(list(seed)).integers(0, len(sampler), size=batch_size)
+    batch = {k: torch.from_numpy(v) for k, v in sampler.batch(indices).items()}
+    batch["task"] = torch.from_numpy(tasks[indices].astype(np.int64))
+    return batch
+
+
+# --- the loop ------------------------------------------------------------------------------------
+class EMA:
+    """Exponential moving average of a module's parameters and buffers, with the usual warm-up
+    of the decay so that early averages are not dominated by the random initialisation."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for ema, live in zip(self.model.parameters(), model.parameters(), strict=True):
+            ema.lerp_(live.detach(), 1 - d)
+        for ema, live in zip(self.model.buffers(), model.buffers(), strict=True):
+            ema.copy_(live)
+
+
+def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+
+    return factor
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device={name} but no CUDA device is visible; use train.device=cpu"
+        )
+    return device
+
+
+def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if name == "off":
+        return None
+    if name in ("bf16", "fp16"):
+        return torch.bfloat16 if name == "bf16" else torch.float16
+    raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, got {name!r}")
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Distributed:
+    """DDP when started by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_name != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Distributed(dist.get_rank(), world, local)
+
+
+def train(
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> Path:
+    """Train `config.policy` on `config.data`; returns the final checkpoint folder."""
+    tc = config.train
+    dist_info = init_distributed(tc.device)
+    device = pick_device(tc.device)
+    if device.type == "cuda" and dist_info.world > 1:
+        device = torch.device("cuda", dist_info.local_rank)
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
+    out = Path(config.out)
+    checkpoints = out / "checkpoints"
+    state_file = checkpoints / "last" / "training_state.pt"
+    if resume and not state_file.exists():
+        raise ConfigError(f"--resume: no checkpoint in {checkpoints}/last; start without --resume")
+    if not resume and checkpoints.exists() and any(checkpoints.iterdir()):
+        raise ConfigError(
+            f"{out} already holds a run; pass --resume to continue it, or choose another --out"
+        )
+    _seed_everything(tc.seed + dist_info.rank)
+    cls = policy_class(config.policy)
+    data = prepare_data(config, config.model)
+    policy = cls(config.model, data.spec, data.normalizer).to(device)
+    ema = EMA(policy, tc.ema_decay) if tc.ema_decay > 0 else None
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
+    start = 0
+    if resume:
+        start = _load_training_state(state_file, policy, ema, optimizer, scheduler)
+    model: nn.Module = policy
+    if dist_info.world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            policy, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if tc.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    dtype = amp_dtype(tc.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    if dist_info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    logger = _Logger(out, enabled=dist_info.main, resume=resume)
+    batches = _loader(data, tc, dist_info.rank, start, device)
+    policy.train()
+    last_dir = checkpoints / "last"
+    t0 = time.perf_counter()
+    for step in range(start, tc.steps):
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss, metrics = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if tc.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            metrics["grad_norm"] = float(
+                nn.utils.clip_grad_norm_(policy.parameters(), tc.grad_clip)
+            )
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update(policy)
+        done = step + 1
+        metrics["lr"] = scheduler.get_last_lr()[0]
+        if done % tc.log_every == 0 or done == tc.steps:
+            metrics["steps_per_second"] = (done - start) / (time.perf_counter() - t0)
+            logger.log(done, "train", metrics)
+        if data.val is not None and (done % tc.val_every == 0 or done == tc.steps):
+            logger.log(
+                done, "val", {"loss": _validate(ema.model if ema else policy, data, tc, device)}
+            )
+        if dist_info.main and (done % tc.save_every == 0 or done == tc.steps):
+            last_dir = _save(
+                checkpoints, done, ema.model if ema else policy, policy, ema, optimizer, scheduler
+            )
+        if dist_info.main and tc.eval_every > 0 and (done % tc.eval_every == 0):
+            export = ema.model if ema else policy
+            logger.log(done, "eval", _evaluate_during_training(checkpoints, done, export, tc))
+        if on_step is not None:
+            on_step(done, metrics)
+    logger.close()
+    if dist_info.main:
+        logger.plot(out / "curves.png")
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return last_dir
+
+
+def _loader(
+    data: TrainingData, tc: TrainConfig, rank: int, start: int, device: torch.device
+) -> Iterator:
+    dataset = _Batches(data.train, data.train_tasks, tc.batch_size, tc.seed, rank, start)
+    if tc.num_workers == 0:
+        return iter(dataset)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=tc.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=True,
+        multiprocessing_context="spawn",
+        prefetch_factor=4,
+    )
+    return iter(loader)
+
+
+@torch.no_grad()
+def _validate(policy: Policy, data: TrainingData, tc: TrainConfig, device: torch.device) -> float:
+    assert data.val is not None and data.val_tasks is not None
+    was = policy.training
+    policy.eval()
+    losses = []
+    for i in range(tc.val_batches):
+        batch = batch_at(data.val, data.val_tasks, tc.batch_size, (tc.seed, 10**6, i))
+        loss, _ = policy.loss({k: v.to(device) for k, v in batch.items()})
+        losses.append(float(loss))
+    policy.train(was)
+    return float(np.mean(losses))
+
+
+def _save(
+    checkpoints: Path,
+    step: int,
+    export: Policy,
+    policy: Policy,
+    ema: EMA | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> Path:
+    """A checkpoint folder, written under a temporary name and renamed, then `last` → it."""
+    final = checkpoints / f"step_{step:07d}"
+    staging = checkpoints / f".step_{step:07d}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    export.save(staging, extra={"step": step})
+    torch.save(
+        {
+            "step": step,
+            "model": policy.state_dict(),
+            "ema": None if ema is None else ema.model.state_dict(),
+            "ema_updates": 0 if ema is None else ema.updates,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+        },
+        staging / "training_state.pt",
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+    link = checkpoints / "last"
+    tmp_link = checkpoints / ".last.tmp"
+    if tmp_link.is_symlink() or tmp_link.exists():
+        tmp_link.unlink()
+    tmp_link.symlink_to(final.name)
+    os.replace(tmp_link, link)
+    return final
+
+
+def _load_training_state(
+    path: Path, policy: Policy, ema: EMA | None, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> int:
+    # weights_only: a restricted unpickler that admits tensors and plain containers only.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    policy.load_state_dict(state["model"])
+    if ema is not None and state["ema"] is not None:
+        ema.model.load_state_dict(state["ema"])
+        ema.updates = int(state["ema_updates"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _evaluate_during_training(
+    checkpoints: Path, step: int, export: Policy, tc: TrainConfig
+) -> dict[str, float]:
+    from il.evaluate import evaluate_checkpoint
+
+    folder = checkpoints / f"eval_{step:07d}"
+    export.save(folder)
+    report = evaluate_checkpoint(
+        folder, episodes_per_task=tc.eval_episodes_per_task, workers=tc.eval_workers
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"success_rate": report.success_rate}
+
+
+class _Logger:
+    """metrics.csv (one row per logged step and phase), TensorBoard events, curves.png."""
+
+    def __init__(self, out: Path, enabled: bool, resume: bool) -> None:
+        self.enabled = enabled
+        self.rows: list[dict[str, Any]] = []
+        self.path = out / "metrics.csv"
+        self.writer = None
+        if not enabled:
+            return
+        if resume and self.path.exists():
+            with open(self.path) as f:
+                self.rows = list(csv.DictReader(f))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def log(self, step: int, phase: str, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for name, value in metrics.items():
+            self.rows.append({"step": step, "phase": phase, "metric": name, "value": value})
+            if self.writer is not None:
+                self.writer.add_scalar(f"{phase}/{name}", value, step)
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", "phase", "metric", "value"])
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for row in self.rows:
+            series.setdefault((row["phase"], row["metric"]), []).append(
+                (int(row["step"]), float(row["value"]))
+            )
+        panels = [
+            ("loss", [("train", "mse"), ("train", "loss"), ("val", "loss")], True),
+            ("learning rate", [("train", "lr")], False),
+            ("success in the env", [("eval", "success_rate")], False),
+        ]
+        panels = [p for p in panels if any(k in series for k in p[1])]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+        for ax, (title, keys, log) in zip(axes[0], panels, strict=True):
+            for key in keys:
+                if key in series:
+                    steps, values = zip(*series[key], strict=True)
+                    ax.plot(steps, values, label=f"{key[0]} {key[1]}")
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            if log:
+                ax.set_yscale("log")
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)

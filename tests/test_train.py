@@ -1,0 +1,202 @@
+"""`il train` and learned-policy `il eval`: configs, checkpoints, resume, DDP, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import envs
+from il.data.store import DemoStore
+from il.evaluate import evaluate_checkpoint
+from il.policies.base import CheckpointError, load_policy
+from il.record import record_expert
+from il.train import ConfigError, load_config, train
+
+IL = [sys.executable, "-m", "il.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> str:
+    """Two tasks, four expert episodes each, state only: small but real."""
+    path = str(tmp_path_factory.mktemp("train") / "demos.zarr")
+    suite = envs.suite("metaworld/MT10")
+    two = type(suite)(suite.name, suite.split, suite.tasks[:2])
+    record_expert(two, path, episodes_per_task=4, workers=2)
+    return path
+
+
+def config_for(store_path: str, out: Path, *overrides: str):
+    return load_config(
+        "bc",
+        None,
+        [
+            f"data.path={store_path}",
+            f"out={out}",
+            "train.steps=40",
+            "train.batch_size=32",
+            "train.warmup_steps=5",
+            "train.log_every=10",
+            "train.val_every=20",
+            "train.save_every=20",
+            "train.val_fraction=0.25",
+            "model.hidden=[64,64]",
+            *overrides,
+        ],
+    )
+
+
+def run_il(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*IL, *args], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env
+    )
+
+
+def test_train_writes_a_self_describing_run(store_path, tmp_path):
+    out = tmp_path / "run"
+    last = train(config_for(store_path, out, "model.action_horizon=4", "model.n_action_steps=2"))
+    assert last.name == "step_0000040"
+    assert (out / "checkpoints" / "last").resolve() == last.resolve()
+    for name in ("config.yaml", "metrics.csv", "curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert any((out / "tensorboard").iterdir())
+    description = json.loads((last / "policy.json").read_text())
+    assert description["policy"] == "bc" and description["step"] == 40
+    assert description["spec"]["tasks"] == ["reach-v3", "push-v3"]
+    assert description["spec"]["env"]["suite"] == "metaworld/MT10"
+    assert set(load_file(str(last / "model.safetensors"))) >= {"head.0.weight"}
+    metrics = (out / "metrics.csv").read_text()
+    assert "val,loss" in metrics and "train,mse" in metrics
+
+
+def test_checkpoint_round_trip_acts_identically(store_path, tmp_path):
+    out = tmp_path / "run"
+    last = train(config_for(store_path, out, "model.action_horizon=3", "model.n_action_steps=3"))
+    a, b = load_policy(out), load_policy(last)
+    for key in a.state_dict():
+        assert torch.equal(a.state_dict()[key], b.state_dict()[key])
+    env = envs.make("metaworld/push-v3")
+    obs, _ = env.reset(seed=3)
+    a.reset(task="push-v3")
+    b.reset(task="push-v3")
+    for _ in range(7):  # crosses a chunk boundary: queues must agree too
+        action = a.act(obs)
+        np.testing.assert_array_equal(action, b.act(obs))
+        assert action.shape == (4,) and action.dtype == np.float32
+        obs, *_ = env.step(action)
+    env.close()
+
+
+def test_resumed_run_matches_an_uninterrupted_one(store_path, tmp_path):
+    straight = train(config_for(store_path, tmp_path / "straight"))
+
+    def interrupt(step: int, metrics: dict) -> None:
+        if step == 20:  # just after the checkpoint of step 20 was written
+            raise KeyboardInterrupt
+
+    config = config_for(store_path, tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, on_step=interrupt)
+    resumed = train(config, resume=True)
+    a = load_file(str(straight / "model.safetensors"))
+    b = load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_temporal_ensembling_acts(store_path, tmp_path):
+    last = train(config_for(store_path, tmp_path / "run", "model.action_horizon=4"))
+    policy = load_policy(last)
+    policy.config.temporal_ensemble = 0.1
+    policy.reset(task="reach-v3")
+    env = envs.make("metaworld/reach-v3")
+    obs, _ = env.reset(seed=0)
+    actions = [policy.act(obs) for _ in range(5)]
+    assert all(np.isfinite(a).all() and a.shape == (4,) for a in actions)
+    env.close()
+
+
+def test_eval_checkpoint_in_its_own_env(store_path, tmp_path):
+    train(config_for(store_path, tmp_path / "run"))
+    report = evaluate_checkpoint(tmp_path / "run", episodes_per_task=1, max_episode_steps=30)
+    assert [t.task for t in report.tasks] == ["reach-v3", "push-v3"]
+    assert all(len(t.episodes) == 1 for t in report.tasks)
+
+
+def test_cli_train_then_eval(store_path, tmp_path):
+    out = tmp_path / "cli"
+    proc = run_il("train", "--data", store_path, "--out", str(out), "train.steps=10",
+                  "train.batch_size=16", "model.hidden=[32]", "train.log_every=5")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc = run_il("eval", "--checkpoint", str(out), "--episodes-per-task", "1",
+                  "--max-episode-steps", "20", "--json", str(tmp_path / "r.json"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "reach-v3" in proc.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["tasks"]["push-v3"]["episodes"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.stepz=5"], "unknown config key 'train.stepz'; valid keys here: train.steps"),
+        (["model.hidden=oops"], "bad config value for 'model.hidden'"),
+        (["train.steps=many"], "bad config value for 'train.steps'"),
+    ],
+)
+def test_bad_config_is_one_line(store_path, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").split(";")[0]):
+        config_for(store_path, tmp_path / "x", *overrides)
+    proc = run_il("train", "--data", store_path, "--out", str(tmp_path / "y"), *overrides)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_inputs_are_one_line(store_path, tmp_path):
+    cases = [
+        (["train", "--data", str(tmp_path / "none.zarr")], "no store at"),
+        (["train", "--data", store_path, "data.obs=[obs/image/corner]"], "has no key"),
+        (["train", "--policy", "nope", "--data", store_path], "unknown policy 'nope'"),
+        (["eval", "--checkpoint", str(tmp_path)], "no checkpoint at"),
+        (["eval"], "give either --checkpoint"),
+    ]
+    for args, message in cases:
+        proc = run_il(*args, "--out", str(tmp_path / "o")) if args[0] == "train" else run_il(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_damaged_checkpoint_is_a_clear_error(store_path, tmp_path):
+    last = train(config_for(store_path, tmp_path / "run"))
+    (last / "model.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_policy(last)
+    description = json.loads((last / "policy.json").read_text())
+    description["policy"] = "nope"
+    (last / "policy.json").write_text(json.dumps(description))
+    with pytest.raises(CheckpointError, match="does not know"):
+        load_policy(last)
+
+
+def test_ddp_with_gloo_on_two_processes(store_path, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        "-m", "il.cli", "train", "--data", store_path, "--out", str(out), "train.steps=12",
+        "train.batch_size=16", "model.hidden=[32]", "train.log_every=4", "train.device=cpu",
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "checkpoints" / "last" / "policy.json").exists()
+    assert load_policy(out).spec.tasks == ["reach-v3", "push-v3"]
+    assert DemoStore.open(store_path).num_episodes == 8
