@@ -8,6 +8,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri
 export MUJOCO_GL ?= egl
 
+# Training budget of the quickstart (about two minutes on 2 cores).
+QS_TRAIN ?= train.steps=12000
+
 .PHONY: setup quickstart test test-slow lint format bench clean
 
 $(VENV)/.installed: pyproject.toml
@@ -25,14 +28,19 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-## Roll the scripted experts out on MT10 (success per task, mp4s under data/quickstart/), then
-## record their demonstrations into a DemoStore and describe it.
+## The whole loop on MT10 from state: the experts' reference row, 20 demonstrations per task
+## recorded into a DemoStore, BC trained on them, and the trained policy's success per task.
+QS := data/quickstart
 quickstart: setup
-	$(VENV)/bin/il eval --env metaworld/MT10 --policy expert --episodes-per-task 10 \
-		--video data/quickstart/videos --json data/quickstart/results.json
-	$(VENV)/bin/il record --source expert --env metaworld/MT10 --episodes-per-task 5 \
-		--obs state,image/corner --image-size 84 --out data/quickstart/mt10.zarr
-	$(VENV)/bin/il info data/quickstart/mt10.zarr
+	$(VENV)/bin/il eval --policy expert --env metaworld/MT10 --episodes-per-task 10 \
+		--json $(QS)/expert.json
+	$(VENV)/bin/il record --source expert --env metaworld/MT10 --episodes-per-task 20 \
+		--only-success --obs state --out $(QS)/mt10.zarr
+	$(VENV)/bin/il info $(QS)/mt10.zarr
+	rm -rf $(QS)/bc
+	$(VENV)/bin/il train --policy bc --data $(QS)/mt10.zarr --out $(QS)/bc $(QS_TRAIN)
+	$(VENV)/bin/il eval --checkpoint $(QS)/bc --episodes-per-task 10 \
+		--video $(QS)/videos --json $(QS)/bc.json
 
 ## Lint, then the fast tests (slow ones are marked and run by `make test-slow`).
 test: setup

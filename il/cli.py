@@ -279,7 +279,7 @@ def record(
     from il.data.store import StoreError
     from il.record import record_expert
 
-    suite, keys = _suite_and_obs(env, split, obs)
+    suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs)
     workers = workers or _cpu_count()
     total = len(suite.tasks) * episodes_per_task
     counts = {"ok": 0, "failed": 0}
