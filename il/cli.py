@@ -158,7 +158,7 @@ def eval_(
 ) -> None:
     """Roll a checkpoint (or the scripted experts) out on a suite; success per task."""
     from il.evaluate import evaluate, evaluate_checkpoint
-    from il.policies.base import CheckpointError, load_policy, resolve_checkpoint
+    from il.policies.base import CheckpointError, read_description, resolve_checkpoint
 
     if (checkpoint is None) == (policy is None):
         raise UserError("give either --checkpoint RUN_OR_CHECKPOINT or --policy expert")
@@ -174,22 +174,25 @@ def eval_(
         if checkpoint is not None:
             try:
                 folder = resolve_checkpoint(checkpoint)
-                learned = load_policy(folder)
+                learned = read_description(folder)
+                trained_env = learned["spec"]["env"]
                 if env is not None:
                     n_tasks = len(_suite_and_obs(env, split, "state")[0].tasks)
                 else:
-                    n_tasks = len(learned.spec.env.get("tasks") or [None])
+                    n_tasks = len(trained_env.get("tasks") or [None])
                 workers = workers or min(_cpu_count(), n_tasks)
-                where = env or learned.spec.env.get("suite", "its suite")
+                where = env or trained_env.get("suite", "its suite")
                 bar.update(
-                    job, description=f"{learned.name} on {where}", total=n_tasks * episodes_per_task
+                    job,
+                    description=f"{learned['policy']} on {where}",
+                    total=n_tasks * episodes_per_task,
                 )
                 report = evaluate_checkpoint(
                     folder, suite=env, split=split, workers=workers, **common
                 )
             except (CheckpointError, ValueError) as e:
                 raise UserError(str(e)) from None
-            policy = learned.name
+            policy = learned["policy"]
         else:
             suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs)
             workers = workers or min(_cpu_count(), len(suite.tasks))

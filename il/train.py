@@ -575,6 +575,8 @@ def _evaluate_during_training(
 class _Logger:
     """metrics.csv (one row per logged step and phase), TensorBoard events, curves.png."""
 
+    FIELDS = ("step", "phase", "metric", "value")
+
     def __init__(self, out: Path, enabled: bool, resume: bool) -> None:
         self.enabled = enabled
         self.rows: list[dict[str, Any]] = []
@@ -585,6 +587,9 @@ class _Logger:
         if resume and self.path.exists():
             with open(self.path) as f:
                 self.rows = list(csv.DictReader(f))
+        else:
+            with open(self.path, "w", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.FIELDS).writeheader()
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(out / "tensorboard"))
@@ -592,14 +597,13 @@ class _Logger:
     def log(self, step: int, phase: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        for name, value in metrics.items():
-            self.rows.append({"step": step, "phase": phase, "metric": name, "value": value})
+        rows = [{"step": step, "phase": phase, "metric": k, "value": v} for k, v in metrics.items()]
+        self.rows += rows
+        for row in rows:
             if self.writer is not None:
-                self.writer.add_scalar(f"{phase}/{name}", value, step)
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["step", "phase", "metric", "value"])
-            writer.writeheader()
-            writer.writerows(self.rows)
+                self.writer.add_scalar(f"{phase}/{row['metric']}", row["value"], step)
+        with open(self.path, "a", newline="") as f:  # append: the file grows, never rewritten
+            csv.DictWriter(f, fieldnames=self.FIELDS).writerows(rows)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -116,7 +116,7 @@ def compute_stats(
     out = {}
     for key in keys:
         spec = store.schema.keys[key]
-        is_image = key.startswith("obs/image/") or np.dtype(spec.dtype) == np.uint8 and len(spec.shape) == 3
+        is_image = len(spec.shape) == 3  # h w c: statistics per channel
         axes = _reduce_axes(1 + len(spec.shape), is_image)
         reader = StepReader(store.array(key), store.num_steps, in_memory=False, cache_bytes=0)
         step = max(block_steps, reader.chunk_steps) // reader.chunk_steps * reader.chunk_steps
@@ -151,7 +151,7 @@ class Normalizer:
         keys = [k for k, m in modes.items() if m != "identity"]
         return cls(compute_stats(store, keys, episodes), modes)
 
-    def _scale_offset(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+    def scale_offset(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """`normalized = (x - offset) / scale`."""
         st, mode = self.stats[key], self.modes[key]
         if mode == "min_max":
@@ -163,14 +163,14 @@ class Normalizer:
         """`x` (numpy or torch, trailing axes as stored) in the network's range."""
         if self.modes.get(key, "identity") == "identity":
             return x
-        scale, offset = self._scale_offset(key)
+        scale, offset = self.scale_offset(key)
         return (x - _like(offset, x)) / _like(scale, x)
 
     def unnormalize(self, key: str, y: Any) -> Any:
         """The inverse of `normalize`."""
         if self.modes.get(key, "identity") == "identity":
             return y
-        scale, offset = self._scale_offset(key)
+        scale, offset = self.scale_offset(key)
         return y * _like(scale, y) + _like(offset, y)
 
     def to_json(self) -> dict[str, Any]:

@@ -30,7 +30,14 @@ from torch import nn
 
 from il.data.normalize import Normalizer
 
-__all__ = ["CheckpointError", "DataSpec", "Policy", "load_policy", "register"]
+__all__ = [
+    "CheckpointError",
+    "DataSpec",
+    "Policy",
+    "load_policy",
+    "read_description",
+    "register",
+]
 
 CHECKPOINT_FORMAT = "il.policy"
 CHECKPOINT_VERSION = 1
@@ -90,7 +97,7 @@ class Policy(nn.Module):
         for key, mode in normalizer.modes.items():
             if mode == "identity":
                 continue
-            scale, offset = normalizer._scale_offset(key)
+            scale, offset = normalizer.scale_offset(key)
             self.register_buffer(_buffer(key, "scale"), torch.as_tensor(scale, dtype=torch.float32))
             self.register_buffer(
                 _buffer(key, "offset"), torch.as_tensor(offset, dtype=torch.float32)
@@ -196,10 +203,12 @@ class Policy(nn.Module):
             x = torch.as_tensor(np.stack([h[key] for h in history]), device=device)[None]
             obs[key] = self.normalize(key, x.float()) if x.dtype != torch.uint8 else x
         task = torch.tensor([self.task_index(self.task)], device=device)
-        was_training = self.training
-        self.eval()
-        chunk = self.predict_chunk(obs, task)
-        self.train(was_training)
+        if self.training:  # switch modes only when needed: `eval()` walks every submodule
+            self.eval()
+            chunk = self.predict_chunk(obs, task)
+            self.train()
+        else:
+            chunk = self.predict_chunk(obs, task)
         action = self.unnormalize("action", chunk.float())[0]
         return action.cpu().numpy().astype(np.float32)
 
@@ -238,8 +247,9 @@ def _buffer(key: str, what: str) -> str:
     return f"norm_{what}__" + key.replace("/", "__")
 
 
-def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
-    """Rebuild a policy from a checkpoint folder (or a run folder: its latest checkpoint)."""
+def read_description(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's `policy.json` (method, config, spec, normalizer), checked for format and
+    version, without building the policy or reading its weights."""
     directory = resolve_checkpoint(path)
     try:
         description = json.loads((directory / "policy.json").read_text())
@@ -256,6 +266,13 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
             f"{directory} is checkpoint version {description.get('version')}; this il reads "
             f"version {CHECKPOINT_VERSION}"
         )
+    return description
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
+    """Rebuild a policy from a checkpoint folder (or a run folder: its latest checkpoint)."""
+    directory = resolve_checkpoint(path)
+    description = read_description(directory)
     _import_methods()
     cls = _REGISTRY.get(description.get("policy", ""))
     if cls is None:
