@@ -36,6 +36,7 @@ from torch import nn
 from il.data.normalize import Normalizer
 from il.data.sampler import WindowSampler, select_episodes, split_episodes, window_spec
 from il.data.store import DemoStore, StoreError
+from il.policies import text
 from il.policies.base import _REGISTRY, DataSpec, Policy, _import_methods
 
 __all__ = ["ConfigError", "RunConfig", "TrainConfig", "load_config", "train"]
@@ -211,6 +212,9 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
     if source_tasks and set(tasks) <= set(source_tasks):
         tasks = [t for t in source_tasks if t in set(tasks)]
     task_of_episode = np.array([tasks.index(t) if t in tasks else -1 for t in episode_task])
+    instruction_of = {
+        str(t): str(i) for t, i in zip(meta["task"], meta["instruction"], strict=True)
+    }
 
     obs_horizon = int(getattr(policy_config, "obs_horizon", 1))
     action_horizon = int(getattr(policy_config, "action_horizon", 1))
@@ -233,6 +237,7 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
             if k in source
         }
         | {"tasks": tasks},
+        instructions=[instruction_of.get(t, "") for t in tasks] if len(tasks) > 1 else [],
     )
     train_sampler = WindowSampler(store.path, keys, train_eps)
     val_sampler = WindowSampler(store.path, keys, val_eps) if len(val_eps) else None
@@ -386,7 +391,10 @@ def train(
     _seed_everything(tc.seed + dist_info.rank)
     cls = policy_class(config.policy)
     data = prepare_data(config, config.model)
-    policy = cls(config.model, data.spec, data.normalizer).to(device)
+    try:
+        policy = cls(config.model, data.spec, data.normalizer).to(device)
+    except (ValueError, text.TextModelMissing) as e:
+        raise ConfigError(f"model: {e}") from None
     ema = EMA(policy, tc.ema_decay) if tc.ema_decay > 0 else None
     optimizer = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
@@ -430,6 +438,7 @@ def train(
         done = step + 1
         metrics["lr"] = scheduler.get_last_lr()[0]
         if done % tc.log_every == 0 or done == tc.steps:
+            metrics["loss"] = float(loss.detach())
             metrics["steps_per_second"] = (done - start) / (time.perf_counter() - t0)
             logger.log(done, "train", metrics)
         if data.val is not None and (done % tc.val_every == 0 or done == tc.steps):
@@ -621,7 +630,7 @@ class _Logger:
                 (int(row["step"]), float(row["value"]))
             )
         panels = [
-            ("loss", [("train", "mse"), ("train", "loss"), ("val", "loss")], True),
+            ("loss", [("train", "loss"), ("val", "loss")], True),
             ("learning rate", [("train", "lr")], False),
             ("success in the env", [("eval", "success_rate")], False),
         ]

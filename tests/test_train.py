@@ -6,52 +6,20 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, config_for
 from safetensors.torch import load_file
 
 import envs
 from il.data.store import DemoStore
 from il.evaluate import evaluate_checkpoint
 from il.policies.base import CheckpointError, load_policy
-from il.record import record_expert
-from il.train import ConfigError, load_config, train
+from il.train import ConfigError, train
 
 IL = [sys.executable, "-m", "il.cli"]
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory) -> str:
-    """Two tasks, four expert episodes each, state only: small but real."""
-    path = str(tmp_path_factory.mktemp("train") / "demos.zarr")
-    suite = envs.suite("metaworld/MT10")
-    two = type(suite)(suite.name, suite.split, suite.tasks[:2])
-    record_expert(two, path, episodes_per_task=4, workers=2)
-    return path
-
-
-def config_for(store_path: str, out: Path, *overrides: str):
-    return load_config(
-        "bc",
-        None,
-        [
-            f"data.path={store_path}",
-            f"out={out}",
-            "train.steps=40",
-            "train.batch_size=32",
-            "train.warmup_steps=5",
-            "train.log_every=10",
-            "train.val_every=20",
-            "train.save_every=20",
-            "train.val_fraction=0.25",
-            "model.hidden=[64,64]",
-            *overrides,
-        ],
-    )
 
 
 def run_il(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from il.data.normalize import Normalizer
+from il.policies import text
 
 __all__ = [
     "CheckpointError",
@@ -67,6 +68,8 @@ class DataSpec:
     """The action convention copied from the store."""
     env: dict[str, Any] = field(default_factory=dict)
     """Env identity from the store (suite, image size, episode length, ...)."""
+    instructions: list[str] = field(default_factory=list)
+    """The instruction of each task of `tasks` (for text task conditioning)."""
 
     @property
     def image_keys(self) -> list[str]:
@@ -134,6 +137,21 @@ class Policy(nn.Module):
         """Normalized observations `(b, obs_horizon, ...)` → normalized actions
         `(b, action_horizon, action_dim)`."""
         raise NotImplementedError
+
+    def training_observations(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch's observations normalized, with the config's `obs_noise` (Gaussian, on
+        normalized vector observations) added in training mode: noise teaches a policy to come
+        back from states slightly off the demonstrations."""
+        noise = float(getattr(self.config, "obs_noise", 0.0))
+        obs = {}
+        for key in self.spec.obs_shapes:
+            x = batch[key]
+            if x.dtype != torch.uint8:
+                x = self.normalize(key, x.float())
+                if self.training and noise > 0:
+                    x = x + noise * torch.randn_like(x)
+            obs[key] = x
+        return obs
 
     # --- normalization -----------------------------------------------------------------------
     def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
@@ -283,7 +301,8 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
     config = build_config(cls.Config, description["config"])
     spec = DataSpec(**description["spec"])
     normalizer = Normalizer.from_json(description["normalizer"])
-    policy = cls(config, spec, normalizer)
+    with text.from_checkpoint():  # instruction embeddings come with the weights
+        policy = cls(config, spec, normalizer)
     try:
         state = load_file(str(directory / "model.safetensors"))
     except Exception as e:  # safetensors raises several types for a damaged file
@@ -322,4 +341,5 @@ def build_config(cls: type, values: Mapping[str, Any]) -> Any:
 
 def _import_methods() -> None:
     """Import every method module so its `@register` has run."""
-    import il.policies.bc  # noqa: F401
+    import il.policies.bc
+    import il.policies.diffusion  # noqa: F401

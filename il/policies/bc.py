@@ -18,17 +18,15 @@ from einops import rearrange
 
 from il.data.normalize import Normalizer
 from il.policies.base import DataSpec, Policy, register
-from il.policies.blocks import MLP, ObservationEncoder
+from il.policies.blocks import MLP, ObservationConfig, ObservationEncoder
 
 __all__ = ["BCConfig", "BCPolicy"]
 
 
 @dataclass
-class BCConfig:
+class BCConfig(ObservationConfig):
     """Behaviour cloning."""
 
-    obs_horizon: int = 1
-    """Past observations the policy sees (1 = the current one)."""
     action_horizon: int = 1
     """Future actions predicted at once (the action chunk)."""
     n_action_steps: int = 1
@@ -39,11 +37,6 @@ class BCConfig:
     """Widths of the MLP head's hidden layers."""
     dropout: float = 0.0
     layer_norm: bool = False
-    image_features: int = 64
-    """Features per camera from the image encoder."""
-    obs_noise: float = 0.0
-    """Std of Gaussian noise added to normalized vector observations in training: makes the
-    policy recover from states slightly off the demonstrations."""
 
 
 @register
@@ -57,8 +50,8 @@ class BCPolicy(Policy):
             raise ValueError(
                 f"n_action_steps must be between 1 and action_horizon ({config.action_horizon})"
             )
-        self.encoder = ObservationEncoder(
-            spec.obs_shapes, config.obs_horizon, len(spec.tasks), config.image_features
+        self.encoder = ObservationEncoder.from_config(
+            config, spec.obs_shapes, spec.tasks, spec.instructions
         )
         self.head = MLP(
             self.encoder.out_dim,
@@ -73,14 +66,7 @@ class BCPolicy(Policy):
         return rearrange(out, "b (h a) -> b h a", h=self.config.action_horizon)
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        obs = {}
-        for key in self.spec.obs_shapes:
-            x = batch[key]
-            if x.dtype != torch.uint8:
-                x = self.normalize(key, x.float())
-                if self.training and self.config.obs_noise > 0:
-                    x = x + self.config.obs_noise * torch.randn_like(x)
-            obs[key] = x
+        obs = self.training_observations(batch)
         target = self.normalize("action", batch["action"].float())
         prediction = self.predict_chunk(obs, batch["task"])
         valid = (~batch["action_is_pad"]).unsqueeze(-1).to(prediction.dtype)  # b h 1

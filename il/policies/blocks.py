@@ -1,23 +1,44 @@
-"""Network blocks the methods share: MLPs, the image encoder, task conditioning, the observation
+"""Network blocks the methods share: MLPs, the image encoders, task conditioning, the observation
 encoder that joins them.
 
 The observation encoder turns a window of normalized observations (`b t ...`) and a task index
 into one feature vector per sample: vector keys are flattened over time, every camera goes
 through an image encoder (shared weights across time, one encoder per camera), and the task
-enters as a one-hot. Methods put their heads on top of it.
+enters as a one-hot or as the sentence embedding of its instruction. Methods put their heads on
+top of it.
+
+Two image encoders: a small conv net with a spatial-softmax head, quick on a CPU, and ResNet-18
+(randomly initialised; no weights are downloaded) with GroupNorm in place of BatchNorm, as
+Diffusion Policy uses it, since batch statistics of a few correlated frames are a poor
+normaliser. Its modules carry torchvision's names, so torchvision's weights load into it where a
+user has them; it is written here because torchvision has no CPU-only build to depend on.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-__all__ = ["MLP", "ObservationEncoder", "SpatialSoftmax", "SpatialSoftmaxCNN"]
+from il.policies import text
+
+__all__ = [
+    "MLP",
+    "ObservationConfig",
+    "ObservationEncoder",
+    "ResNet18",
+    "SpatialSoftmax",
+    "SpatialSoftmaxCNN",
+    "TaskConditioning",
+]
+
+IMAGE_ENCODERS = ("cnn", "resnet18")
+TASK_ENCODINGS = ("onehot", "text")
 
 
 class MLP(nn.Sequential):
@@ -93,8 +114,131 @@ class SpatialSoftmaxCNN(nn.Module):
         return self.out(self.keypoints(self.convs(x)))
 
 
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, groups: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.GroupNorm(cout // groups, cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.GroupNorm(cout // groups, cout)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.GroupNorm(cout // groups, cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18's trunk (He et al. 2016) with GroupNorm (16 channels a group) and a
+    spatial-softmax head instead of global pooling."""
+
+    def __init__(self, out_dim: int = 64, keypoints: int = 32) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.GroupNorm(4, 64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        widths = [64, 128, 256, 512]
+        for i, (cin, cout) in enumerate(itertools.pairwise([64, *widths]), start=1):
+            stride = 1 if i == 1 else 2
+            blocks = [_BasicBlock(cin, cout, stride, 16), _BasicBlock(cout, cout, 1, 16)]
+            self.add_module(f"layer{i}", nn.Sequential(*blocks))
+        self.keypoints = SpatialSoftmax(512, keypoints)
+        self.out = nn.Linear(keypoints * 2, out_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 `b h w c` → `b out_dim`."""
+        x = rearrange(images, "b h w c -> b c h w").float() / 127.5 - 1.0
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.out(self.keypoints(x))
+
+
+def image_encoder(kind: str, out_dim: int) -> nn.Module:
+    if kind == "cnn":
+        return SpatialSoftmaxCNN(out_dim)
+    if kind == "resnet18":
+        return ResNet18(out_dim)
+    raise ValueError(f"unknown image encoder {kind!r}; choose one of {', '.join(IMAGE_ENCODERS)}")
+
+
+class TaskConditioning(nn.Module):
+    """Task index → a one-hot, or the sentence embedding of the task's instruction (a buffer:
+    computed once when the policy is built for training, then saved with the weights)."""
+
+    def __init__(
+        self, n_tasks: int, encoding: str = "onehot", instructions: Sequence[str] = ()
+    ) -> None:
+        super().__init__()
+        if encoding not in TASK_ENCODINGS:
+            raise ValueError(
+                f"unknown task encoding {encoding!r}; choose one of {', '.join(TASK_ENCODINGS)}"
+            )
+        self.n_tasks, self.encoding = n_tasks, encoding
+        self.out_dim = 0
+        if n_tasks > 1 and encoding == "onehot":
+            self.out_dim = n_tasks
+        elif n_tasks > 1:
+            if len(instructions) != n_tasks:
+                raise ValueError(
+                    f"text task encoding needs one instruction per task: {n_tasks} tasks, "
+                    f"{len(instructions)} instructions"
+                )
+            self.register_buffer("embeddings", torch.from_numpy(text.embed(instructions)))
+            self.out_dim = text.EMBEDDING_DIM
+
+    def forward(self, task: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        if self.out_dim == 0:
+            return None
+        if self.encoding == "onehot":
+            return F.one_hot(task, self.n_tasks).to(dtype)
+        return self.embeddings[task].to(dtype)
+
+
+@dataclass
+class ObservationConfig:
+    """What every method's observation encoder takes; method configs extend it."""
+
+    obs_horizon: int = 1
+    """Past observations the policy sees (1 = the current one)."""
+    image_encoder: str = "cnn"
+    """Per camera: cnn (small conv net with spatial softmax) or resnet18."""
+    image_features: int = 64
+    """Features per camera from the image encoder."""
+    task_encoding: str = "onehot"
+    """How a multi-task policy is told its task: onehot, or text (sentence embedding of the
+    instruction; needs the `text` extra when training)."""
+    obs_noise: float = 0.0
+    """Std of Gaussian noise added to normalized vector observations in training: makes the
+    policy recover from states slightly off the demonstrations."""
+
+
 class ObservationEncoder(nn.Module):
     """Window of observations + task → one feature vector."""
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ObservationConfig,
+        obs_shapes: Mapping[str, Sequence[int]],
+        tasks: Sequence[str],
+        instructions: Sequence[str],
+    ) -> ObservationEncoder:
+        return cls(
+            obs_shapes,
+            config.obs_horizon,
+            len(tasks),
+            config.image_features,
+            image_encoder_kind=config.image_encoder,
+            task_encoding=config.task_encoding,
+            instructions=instructions,
+        )
 
     def __init__(
         self,
@@ -102,17 +246,29 @@ class ObservationEncoder(nn.Module):
         obs_horizon: int,
         n_tasks: int,
         image_features: int = 64,
+        *,
+        image_encoder_kind: str = "cnn",
+        task_encoding: str = "onehot",
+        instructions: Sequence[str] = (),
     ) -> None:
         super().__init__()
+        if image_encoder_kind not in IMAGE_ENCODERS:  # checked even without cameras: a typo
+            raise ValueError(
+                f"unknown image encoder {image_encoder_kind!r}; choose one of "
+                f"{', '.join(IMAGE_ENCODERS)}"
+            )
         self.vector_keys = [k for k, s in obs_shapes.items() if len(s) == 1]
         self.image_keys = [k for k, s in obs_shapes.items() if len(s) == 3]
-        self.n_tasks = n_tasks
         self.cameras = nn.ModuleDict(
-            {k.replace("/", "__"): SpatialSoftmaxCNN(image_features) for k in self.image_keys}
+            {
+                k.replace("/", "__"): image_encoder(image_encoder_kind, image_features)
+                for k in self.image_keys
+            }
         )
+        self.task = TaskConditioning(n_tasks, task_encoding, instructions)
         vector_dim = sum(int(obs_shapes[k][0]) for k in self.vector_keys)
-        self.out_dim = obs_horizon * (vector_dim + image_features * len(self.image_keys)) + (
-            n_tasks if n_tasks > 1 else 0
+        self.out_dim = (
+            obs_horizon * (vector_dim + image_features * len(self.image_keys)) + self.task.out_dim
         )
 
     def forward(self, obs: Mapping[str, torch.Tensor], task: torch.Tensor) -> torch.Tensor:
@@ -124,6 +280,7 @@ class ObservationEncoder(nn.Module):
                 rearrange(images, "b t h w c -> (b t) h w c")
             )
             parts.append(rearrange(features, "(b t) d -> b (t d)", b=b))
-        if self.n_tasks > 1:
-            parts.append(F.one_hot(task, self.n_tasks).to(parts[0].dtype))
+        conditioning = self.task(task, parts[0].dtype)
+        if conditioning is not None:
+            parts.append(conditioning)
         return torch.cat(parts, dim=-1)

@@ -1,0 +1,290 @@
+"""Diffusion Policy (Chi et al., RSS 2023): an action chunk is sampled by denoising.
+
+Instead of regressing one action, the policy learns to remove noise from a whole chunk of
+`action_horizon` future actions, conditioned on the last `obs_horizon` observations and the task.
+A regression head averages the modes of multimodal demonstrations (go left or right of the
+obstacle → straight into it); denoising from random noise commits to one of them, and
+predicting a chunk keeps consecutive actions consistent.
+
+The denoiser is the paper's 1-D temporal U-Net: residual conv blocks over the time axis, FiLM
+conditioning on the observation features and the diffusion step at every block. Training is
+DDPM's (predict the added noise at a random step of a squared-cosine schedule); acting samples
+with DDIM in a few steps (10 by default), which is what makes the policy fast enough for a 30 Hz
+loop on a CPU. `n_action_steps` of each chunk are executed before sampling again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from il.data.normalize import Normalizer
+from il.policies.base import DataSpec, Policy, register
+from il.policies.blocks import ObservationConfig, ObservationEncoder
+
+__all__ = ["ConditionalUnet1D", "DiffusionConfig", "DiffusionPolicy", "NoiseSchedule"]
+
+
+@dataclass
+class DiffusionConfig(ObservationConfig):
+    """Diffusion Policy with a 1-D conditional U-Net."""
+
+    obs_horizon: int = 2
+    action_horizon: int = 16
+    """Actions denoised together (the chunk)."""
+    n_action_steps: int = 8
+    """Actions of each chunk executed before sampling again (≤ action_horizon)."""
+    down_dims: list[int] = field(default_factory=lambda: [128, 256, 512])
+    """Channels of the U-Net's levels; each level after the first halves the time axis."""
+    kernel_size: int = 5
+    groups: int = 8
+    """GroupNorm groups in the U-Net's conv blocks."""
+    step_embedding: int = 128
+    """Size of the diffusion-step embedding."""
+    train_steps: int = 100
+    """Diffusion steps of the noise schedule in training."""
+    inference_steps: int = 10
+    """Denoising steps when acting (DDIM with eta 0 jumps over the others)."""
+    eta: float = 0.0
+    """DDIM's stochasticity: 0 deterministic, 1 as stochastic as DDPM."""
+    clip_sample: bool = True
+    """Clip predicted clean chunks to [-1, 1], the range of min-max normalized actions."""
+
+
+# --- noise schedule ------------------------------------------------------------------------------
+class NoiseSchedule(nn.Module):
+    """The squared-cosine schedule (Nichol & Dhariwal 2021) with DDPM noising and DDIM
+    sampling. Its tables are buffers, so they move with the policy to its device."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        t = torch.arange(steps + 1, dtype=torch.float64) / steps
+        f = torch.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+        betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+        self.steps = steps
+        self.register_buffer("alpha_bar", torch.cumprod(1 - betas, 0).float(), persistent=False)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = self.alpha_bar[t].view(-1, *([1] * (x0.dim() - 1)))
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def timesteps(self, n: int) -> list[int]:
+        """The `n` steps DDIM visits, evenly spaced, from the noisiest down."""
+        n = max(1, min(n, self.steps))
+        ratio = self.steps // n
+        return [i * ratio for i in reversed(range(n))]
+
+    def ddim_step(
+        self,
+        x: torch.Tensor,
+        eps: torch.Tensor,
+        t: int,
+        t_prev: int,
+        *,
+        eta: float = 0.0,
+        clip: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """x_t → x_{t_prev} given the predicted noise (Song et al. 2021, eq. 12)."""
+        a = self.alpha_bar[t]
+        a_prev = self.alpha_bar[t_prev] if t_prev >= 0 else torch.ones_like(a)
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).clamp(min=0).sqrt()
+        direction = (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
+        x_prev = a_prev.sqrt() * x0 + direction
+        if eta > 0:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x_prev = x_prev + sigma * noise
+        return x_prev
+
+
+# --- the denoiser --------------------------------------------------------------------------------
+class SinusoidalEmbedding(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(
+            -math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+        )
+        angles = t.float()[:, None] * freqs[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class ConvBlock(nn.Sequential):
+    """Conv1d → GroupNorm → Mish over the time axis."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, groups: int) -> None:
+        super().__init__(
+            nn.Conv1d(cin, cout, kernel, padding=kernel // 2), nn.GroupNorm(groups, cout), nn.Mish()
+        )
+
+
+class ResidualBlock(nn.Module):
+    """Two conv blocks; between them FiLM (per-channel scale and shift) from the condition."""
+
+    def __init__(self, cin: int, cout: int, cond_dim: int, kernel: int, groups: int) -> None:
+        super().__init__()
+        self.first = ConvBlock(cin, cout, kernel, groups)
+        self.second = ConvBlock(cout, cout, kernel, groups)
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * cout))
+        self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = rearrange(self.film(cond), "b (two c) -> two b c 1", two=2)
+        y = self.first(x) * scale + shift
+        return self.second(y) + self.skip(x)
+
+
+class ConditionalUnet1D(nn.Module):
+    """Noisy action chunk `(b, horizon, action_dim)` + diffusion step + condition → the noise."""
+
+    def __init__(
+        self,
+        action_dim: int,
+        cond_dim: int,
+        down_dims: Sequence[int] = (128, 256, 512),
+        kernel: int = 5,
+        groups: int = 8,
+        step_embedding: int = 128,
+    ) -> None:
+        super().__init__()
+        self.step_encoder = nn.Sequential(
+            SinusoidalEmbedding(step_embedding),
+            nn.Linear(step_embedding, step_embedding * 4),
+            nn.Mish(),
+            nn.Linear(step_embedding * 4, step_embedding),
+        )
+        c = step_embedding + cond_dim
+        dims = [action_dim, *down_dims]
+        self.down = nn.ModuleList()
+        for i, (cin, cout) in enumerate(itertools.pairwise(dims)):
+            last = i == len(down_dims) - 1
+            self.down.append(
+                nn.ModuleList(
+                    [
+                        ResidualBlock(cin, cout, c, kernel, groups),
+                        ResidualBlock(cout, cout, c, kernel, groups),
+                        nn.Identity() if last else nn.Conv1d(cout, cout, 3, 2, 1),
+                    ]
+                )
+            )
+        mid = down_dims[-1]
+        self.mid = nn.ModuleList(
+            [ResidualBlock(mid, mid, c, kernel, groups), ResidualBlock(mid, mid, c, kernel, groups)]
+        )
+        self.up = nn.ModuleList()
+        ups = list(itertools.pairwise(down_dims))[::-1]
+        for cout, cin in ups:  # every level going up doubles the time axis back
+            self.up.append(
+                nn.ModuleList(
+                    [
+                        ResidualBlock(cin * 2, cout, c, kernel, groups),
+                        ResidualBlock(cout, cout, c, kernel, groups),
+                        nn.ConvTranspose1d(cout, cout, 4, 2, 1),
+                    ]
+                )
+            )
+        self.final = nn.Sequential(
+            ConvBlock(down_dims[0], down_dims[0], kernel, groups),
+            nn.Conv1d(down_dims[0], action_dim, 1),
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        c = torch.cat([self.step_encoder(t).to(cond.dtype), cond], dim=-1)
+        h = rearrange(x, "b t a -> b a t")
+        skips = []
+        for first, second, downsample in self.down:
+            h = second(first(h, c), c)
+            skips.append(h)
+            h = downsample(h)
+        for block in self.mid:
+            h = block(h, c)
+        for first, second, upsample in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = upsample(second(first(h, c), c))
+        return rearrange(self.final(h), "b a t -> b t a")
+
+
+# --- the policy ----------------------------------------------------------------------------------
+@register
+class DiffusionPolicy(Policy):
+    name = "diffusion"
+    Config = DiffusionConfig
+
+    def __init__(self, config: DiffusionConfig, spec: DataSpec, normalizer: Normalizer) -> None:
+        super().__init__(config, spec, normalizer)
+        if not 1 <= config.n_action_steps <= config.action_horizon:
+            raise ValueError(
+                f"n_action_steps must be between 1 and action_horizon ({config.action_horizon})"
+            )
+        levels = len(config.down_dims)
+        if config.action_horizon % 2 ** (levels - 1):
+            raise ValueError(
+                f"action_horizon ({config.action_horizon}) must be divisible by "
+                f"{2 ** (levels - 1)}: the U-Net halves it {levels - 1} times"
+            )
+        if normalizer.modes.get("action") != "min_max" and config.clip_sample:
+            raise ValueError(
+                "clip_sample needs actions normalized to [-1, 1]: set "
+                "data.normalize.action=min_max or model.clip_sample=false"
+            )
+        self.encoder = ObservationEncoder.from_config(
+            config, spec.obs_shapes, spec.tasks, spec.instructions
+        )
+        self.unet = ConditionalUnet1D(
+            spec.action_dim,
+            self.encoder.out_dim,
+            config.down_dims,
+            config.kernel_size,
+            config.groups,
+            config.step_embedding,
+        )
+        self.schedule = NoiseSchedule(config.train_steps)
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        cond = self.encoder(self.training_observations(batch), batch["task"])
+        actions = self.normalize("action", batch["action"].float())
+        noise = torch.randn_like(actions)
+        t = torch.randint(0, self.schedule.steps, (actions.shape[0],), device=actions.device)
+        predicted = self.unet(self.schedule.add_noise(actions, noise, t), t, cond)
+        # Padded steps past an episode's end repeat its last action: the chunk the policy
+        # should produce there (hold still), so they are learnt like any other.
+        loss = F.mse_loss(predicted.float(), noise)
+        return loss, {"noise_mse": float(loss.detach())}
+
+    def predict_chunk(
+        self,
+        obs: Mapping[str, torch.Tensor],
+        task: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        cond = self.encoder(obs, task)
+        b = cond.shape[0]
+        shape = (b, self.config.action_horizon, self.spec.action_dim)
+        x = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+        steps = self.schedule.timesteps(self.config.inference_steps)
+        for t, t_prev in zip(steps, [*steps[1:], -1], strict=True):
+            eps = self.unet(x, torch.full((b,), t, device=cond.device), cond)
+            x = self.schedule.ddim_step(
+                x,
+                eps.to(x.dtype),
+                t,
+                t_prev,
+                eta=self.config.eta,
+                clip=self.config.clip_sample,
+                generator=generator,
+            )
+        return x

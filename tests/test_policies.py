@@ -1,0 +1,191 @@
+"""Diffusion Policy, the ResNet-18 image encoder and text task conditioning; the same
+interface as BC, so they train, save, load, act and evaluate through the same code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import config_for
+from safetensors.torch import load_file
+
+import envs
+from il.evaluate import evaluate_checkpoint
+from il.policies import text
+from il.policies.base import load_policy
+from il.policies.blocks import ResNet18, TaskConditioning
+from il.policies.diffusion import ConditionalUnet1D, NoiseSchedule
+from il.train import ConfigError, train
+
+
+def test_ddim_recovers_the_clean_sample_from_the_true_noise():
+    schedule = NoiseSchedule(100)
+    x0 = torch.rand(3, 8, 4) * 2 - 1
+    noise = torch.randn_like(x0)
+    for t in (99, 50, 3):
+        xt = schedule.add_noise(x0, noise, torch.full((3,), t))
+        # With the exact noise, one deterministic DDIM jump to t = -1 lands on x0.
+        x = schedule.ddim_step(xt, noise, t, -1)
+        torch.testing.assert_close(x, x0, atol=1e-3, rtol=0)  # float32 at tiny alpha_bar
+    assert schedule.timesteps(10) == [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
+    alpha_bar = schedule.alpha_bar
+    assert alpha_bar[0] > 0.99 and alpha_bar[-1] < 1e-3 and bool((alpha_bar.diff() < 0).all())
+
+
+@pytest.mark.parametrize("horizon", [4, 8, 16])
+def test_unet_keeps_the_chunk_shape(horizon):
+    unet = ConditionalUnet1D(4, 10, down_dims=[16, 32, 64], step_embedding=16, groups=4)
+    x = torch.randn(2, horizon, 4)
+    out = unet(x, torch.tensor([0, 7]), torch.randn(2, 10))
+    assert out.shape == x.shape
+
+
+def test_diffusion_trains_saves_loads_and_acts(store_path, tmp_path):
+    out = tmp_path / "run"
+    last = train(
+        config_for(store_path, out, "train.steps=150", "train.lr=3e-3", policy="diffusion")
+    )
+    policy = load_policy(out)
+    assert policy.name == "diffusion" and policy.config.n_action_steps == 2
+    loss = [
+        float(line.split(",")[-1])
+        for line in (out / "metrics.csv").read_text().splitlines()
+        if ",train,loss," in line
+    ]
+    assert np.mean(loss[-3:]) < 0.8 * np.mean(loss[:3])  # it learns to predict the noise
+    twin = load_policy(last)
+    env = envs.make("metaworld/push-v3")
+    obs, _ = env.reset(seed=2)
+    for p in (policy, twin):
+        p.reset(task="push-v3")
+    calls = []
+    original = policy.predict_chunk
+    policy.predict_chunk = lambda *a, **k: calls.append(1) or original(*a, **k)  # type: ignore[method-assign]
+    for _ in range(5):
+        torch.manual_seed(0)
+        action = policy.act(obs)
+        torch.manual_seed(0)
+        np.testing.assert_array_equal(action, twin.act(obs))
+        assert action.shape == (4,) and np.isfinite(action).all()
+        normalized = policy.normalize("action", torch.from_numpy(action))
+        assert float(normalized.abs().max()) <= 1 + 1e-5  # clipped chunks stay in the data's range
+        obs, *_ = env.step(action)
+    env.close()
+    assert len(calls) == 3  # a chunk every n_action_steps=2 calls: at steps 0, 2, 4
+    report = evaluate_checkpoint(out, episodes_per_task=1, max_episode_steps=20)
+    assert [t.task for t in report.tasks] == ["reach-v3", "push-v3"]
+
+
+def test_diffusion_resume_matches_an_uninterrupted_run(store_path, tmp_path):
+    # Diffusion draws noise and steps inside its loss: the RNG state must resume too.
+    straight = train(config_for(store_path, tmp_path / "straight", policy="diffusion"))
+
+    def interrupt(step: int, metrics: dict) -> None:
+        if step == 20:
+            raise KeyboardInterrupt
+
+    config = config_for(store_path, tmp_path / "resumed", policy="diffusion")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, on_step=interrupt)
+    resumed = train(config, resume=True)
+    a = load_file(str(straight / "model.safetensors"))
+    b = load_file(str(resumed / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.action_horizon=5"], "must be divisible by 2"),
+        (["model.n_action_steps=9"], "n_action_steps must be between"),
+        (["model.image_encoder=vit"], "unknown image encoder 'vit'"),
+        (["model.task_encoding=words"], "unknown task encoding 'words'"),
+    ],
+)
+def test_bad_model_config_is_a_config_error(store_path, tmp_path, overrides, message):
+    config = config_for(store_path, tmp_path / "x", *overrides, policy="diffusion")
+    with pytest.raises(ConfigError, match=message):
+        train(config)
+
+
+def test_resnet18_is_resnet18():
+    net = ResNet18(out_dim=32)
+    head = ("keypoints", "out")
+    trunk = sum(p.numel() for n, p in net.named_parameters() if n.split(".")[0] not in head)
+    assert trunk == 11_176_512  # torchvision's resnet18 without its fc layer
+    names = {n for n, _ in net.named_parameters()}
+    assert {"conv1.weight", "layer2.0.downsample.0.weight", "layer4.1.bn2.bias"} <= names
+    images = torch.randint(0, 256, (2, 84, 84, 3), dtype=torch.uint8)
+    assert net(images).shape == (2, 32)
+
+
+def test_bc_on_images_with_resnet18_trains(tmp_path):
+    from il.record import record_expert
+
+    suite = envs.suite("metaworld/MT10")
+    one = type(suite)(suite.name, suite.split, suite.tasks[:1])
+    path = str(tmp_path / "img.zarr")
+    obs = ("state", "image/corner")
+    record_expert(one, path, episodes_per_task=2, workers=1, obs=obs, image_size=32)
+    config = config_for(
+        path,
+        tmp_path / "run",
+        "train.steps=4",
+        "train.batch_size=4",
+        "train.val_fraction=0",
+        "data.obs=[obs/state,obs/image/corner]",
+        "model.image_encoder=resnet18",
+    )
+    policy = load_policy(train(config))
+    assert any(
+        n.startswith("encoder.cameras.obs__image__corner.layer4") for n in policy.state_dict()
+    )
+    env = envs.make("metaworld/reach-v3", obs=("state", "image/corner"), image_size=32)
+    obs, _ = env.reset(seed=0)
+    policy.reset()
+    assert policy.act(obs).shape == (4,)
+    env.close()
+
+
+def test_text_conditioning_embeds_instructions_once(store_path, tmp_path, monkeypatch):
+    conditioning = TaskConditioning(3, "text", ["open the drawer", "close the drawer", "reach"])
+    e = conditioning.embeddings
+    assert e.shape == (3, text.EMBEDDING_DIM)
+    torch.testing.assert_close(e.norm(dim=1), torch.ones(3))
+    assert float(e[0] @ e[1]) > float(e[0] @ e[2])  # drawer tasks are near each other
+
+    out = tmp_path / "run"
+    train(config_for(store_path, out, "model.task_encoding=text", "train.steps=10"))
+
+    def no_model():
+        raise AssertionError("loading a checkpoint must not need the text model")
+
+    monkeypatch.setattr(text, "_model", no_model)
+    policy = load_policy(out)
+    assert policy.spec.instructions == [envs.INSTRUCTIONS["reach-v3"], envs.INSTRUCTIONS["push-v3"]]
+    table = policy.encoder.task.embeddings
+    assert table.shape == (2, text.EMBEDDING_DIM) and float(table.abs().sum()) > 0
+    env = envs.make("metaworld/reach-v3")
+    obs, _ = env.reset(seed=0)
+    policy.reset(task="reach-v3")
+    assert policy.act(obs).shape == (4,)
+    env.close()
+
+
+def test_eval_during_training_logs_success(store_path, tmp_path):
+    out = tmp_path / "run"
+    config = config_for(
+        store_path,
+        out,
+        "train.steps=20",
+        "train.eval_every=10",
+        "train.eval_episodes_per_task=1",
+        "data.tasks=[reach-v3]",
+    )
+    config.train.eval_workers = 1
+    train(config)
+    rows = [r for r in (out / "metrics.csv").read_text().splitlines() if ",eval," in r]
+    assert [r.split(",")[0] for r in rows] == ["10", "20"]
+    assert all(0.0 <= float(r.split(",")[-1]) <= 1.0 for r in rows)
+    assert not list((out / "checkpoints").glob("eval_*"))  # temporary exports are removed
