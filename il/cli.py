@@ -35,12 +35,6 @@ def app() -> None:
     """Robot imitation learning: record, store, train, evaluate, deploy, fine-tune."""
 
 
-def _expert_factory(task: object) -> object:
-    from il.policies import ExpertPolicy
-
-    return ExpertPolicy(task.name)  # type: ignore[attr-defined]
-
-
 def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -159,6 +153,7 @@ def eval_(
     """Roll a checkpoint (or the scripted experts) out on a suite; success per task."""
     from il.evaluate import evaluate, evaluate_checkpoint
     from il.policies.base import CheckpointError, read_description, resolve_checkpoint
+    from il.policies.expert import expert_for_task
 
     if (checkpoint is None) == (policy is None):
         raise UserError("give either --checkpoint RUN_OR_CHECKPOINT or --policy expert")
@@ -203,7 +198,7 @@ def eval_(
             )
             report = evaluate(
                 suite,
-                _expert_factory,
+                expert_for_task,
                 policy_name="expert",
                 workers=workers,
                 obs=keys,
