@@ -65,6 +65,8 @@ format: setup
 bench: setup
 	$(PY) benchmarks/render.py
 	$(PY) benchmarks/store.py
+	$(PY) benchmarks/eval_speed.py
+	$(PY) benchmarks/act_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -78,7 +78,9 @@ def expert_schema(suite: Suite, spec: RecordSpec) -> StoreSchema:
             keys[f"obs/{key}"] = KeySpec(
                 (spec.image_size, spec.image_size, 3), "uint8", f"RGB from camera {camera}"
             )
-    keys["action"] = KeySpec((4,), "float32", "expert action (see attrs action)")
+    keys["action"] = KeySpec(
+        (4,), "float32", "expert action as executed, clipped to [-1, 1] (see attrs action)"
+    )
     keys["reward"] = KeySpec((), "float32", "Meta-World v3 dense reward after the action")
     keys["success"] = KeySpec((), "bool", "task solved after the action")
     for key, (shape, dtype, text) in PROCEDURE_KEYS.items():
@@ -146,7 +148,11 @@ def rollout_expert(
 
     success_at: int | None = None
     for t in range(spec.max_episode_steps):
-        action, procedure = expert.act(obs["state"])
+        command, procedure = expert.act(obs["state"])
+        # The action as executed: the experts' gains overshoot the action space (commands up to
+        # ±12), which the env clips; storing the command would make min-max normalization
+        # squeeze every executable action into a tenth of the network's range.
+        action = np.clip(command, env.action_space.low, env.action_space.high).astype(np.float32)
         for key in spec.obs:
             put(f"obs/{key}", obs[key])
         put("sim_state", _padded(env.get_sim_state(), spec.sim_state_size))
