@@ -19,6 +19,7 @@ The ratio is `il eval steps/s ÷ (raw steps/s × W)`; the target is at least 0.8
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import time
 from importlib.metadata import version
@@ -30,8 +31,9 @@ from il.evaluate import evaluate
 from il.policies.expert import ExpertPolicy, expert_for_task
 
 
-def raw_steps_per_second(suite: envs.Suite, episodes_per_task: int, max_steps: int) -> float:
-    """Plain single-process stepping of every episode of the suite with the experts."""
+def raw_steps(suite: envs.Suite, episodes_per_task: int, max_steps: int) -> tuple[int, float]:
+    """Plain single-process stepping of every episode of the suite with the experts: steps and
+    seconds."""
     options = {"max_episode_steps": max_steps, "terminate_on_success": True}
     made = [(envs.make(f"metaworld/{t.name}", **options), ExpertPolicy(t.name)) for t in suite]
     steps = 0
@@ -48,7 +50,25 @@ def raw_steps_per_second(suite: envs.Suite, episodes_per_task: int, max_steps: i
     seconds = time.perf_counter() - start
     for env, _ in made:
         env.close()
-    return steps / seconds
+    return steps, seconds
+
+
+def _raw_share(args: tuple[str, int, int, int, int]) -> tuple[int, float]:
+    name, i, n, episodes_per_task, max_steps = args
+    suite = envs.suite(name)
+    share = envs.Suite(suite.name, suite.split, suite.tasks[i::n])
+    return raw_steps(share, episodes_per_task, max_steps)
+
+
+def raw_parallel(suite: envs.Suite, workers: int, episodes: int, max_steps: int) -> float:
+    """The same plain loop in `workers` processes at once, each on its share of the tasks:
+    what the machine's cores deliver together (cores that share a physical core or a memory
+    bus do not add up to `workers` times one)."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        jobs = [(suite.name, i, workers, episodes, max_steps) for i in range(workers)]
+        results = pool.map(_raw_share, jobs)
+    return sum(steps for steps, _ in results) / max(seconds for _, seconds in results)
 
 
 def main() -> None:
@@ -61,8 +81,20 @@ def main() -> None:
     args = parser.parse_args()
 
     suite = envs.suite(args.suite)
-    raw = raw_steps_per_second(suite, args.episodes_per_task, args.max_episode_steps)
+    steps, seconds = raw_steps(suite, args.episodes_per_task, args.max_episode_steps)
+    raw = steps / seconds
     rows = [["raw single-env loop, 1 process", "1", f"{raw:,.0f}", "", ""]]
+    if args.workers > 1:
+        ceiling = raw_parallel(suite, args.workers, args.episodes_per_task, args.max_episode_steps)
+        rows.append(
+            [
+                f"raw loop in {args.workers} processes at once (stepping only)",
+                str(args.workers),
+                f"{ceiling:,.0f}",
+                f"{raw * args.workers:,.0f}",
+                f"{ceiling / (raw * args.workers):.2f}",
+            ]
+        )
     for workers in sorted({1, args.workers}):
         report = evaluate(
             suite,
