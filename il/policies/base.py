@@ -97,6 +97,10 @@ class Policy(nn.Module):
         self.config = config
         self.spec = spec
         self.normalizer = normalizer
+        if not 1 <= self.n_action_steps <= self.action_horizon:
+            raise ValueError(
+                f"n_action_steps must be between 1 and action_horizon ({self.action_horizon})"
+            )
         for key, mode in normalizer.modes.items():
             if mode == "identity":
                 continue

@@ -46,10 +46,6 @@ class BCPolicy(Policy):
 
     def __init__(self, config: BCConfig, spec: DataSpec, normalizer: Normalizer) -> None:
         super().__init__(config, spec, normalizer)
-        if not 1 <= config.n_action_steps <= config.action_horizon:
-            raise ValueError(
-                f"n_action_steps must be between 1 and action_horizon ({config.action_horizon})"
-            )
         self.encoder = ObservationEncoder.from_config(
             config, spec.obs_shapes, spec.tasks, spec.instructions
         )

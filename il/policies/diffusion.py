@@ -226,10 +226,6 @@ class DiffusionPolicy(Policy):
 
     def __init__(self, config: DiffusionConfig, spec: DataSpec, normalizer: Normalizer) -> None:
         super().__init__(config, spec, normalizer)
-        if not 1 <= config.n_action_steps <= config.action_horizon:
-            raise ValueError(
-                f"n_action_steps must be between 1 and action_horizon ({config.action_horizon})"
-            )
         levels = len(config.down_dims)
         if config.action_horizon % 2 ** (levels - 1):
             raise ValueError(
