@@ -37,7 +37,6 @@ __all__ = [
     "TaskConditioning",
 ]
 
-IMAGE_ENCODERS = ("cnn", "resnet18")
 TASK_ENCODINGS = ("onehot", "text")
 
 
@@ -160,12 +159,8 @@ class ResNet18(nn.Module):
         return self.out(self.keypoints(x))
 
 
-def image_encoder(kind: str, out_dim: int) -> nn.Module:
-    if kind == "cnn":
-        return SpatialSoftmaxCNN(out_dim)
-    if kind == "resnet18":
-        return ResNet18(out_dim)
-    raise ValueError(f"unknown image encoder {kind!r}; choose one of {', '.join(IMAGE_ENCODERS)}")
+IMAGE_ENCODERS: dict[str, type[nn.Module]] = {"cnn": SpatialSoftmaxCNN, "resnet18": ResNet18}
+"""`model.image_encoder` → the class, built with the number of features per camera."""
 
 
 class TaskConditioning(nn.Module):
@@ -261,7 +256,7 @@ class ObservationEncoder(nn.Module):
         self.image_keys = [k for k, s in obs_shapes.items() if len(s) == 3]
         self.cameras = nn.ModuleDict(
             {
-                k.replace("/", "__"): image_encoder(image_encoder_kind, image_features)
+                k.replace("/", "__"): IMAGE_ENCODERS[image_encoder_kind](image_features)
                 for k in self.image_keys
             }
         )
