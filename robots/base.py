@@ -1,0 +1,368 @@
+"""The three interfaces every driver implements: `Robot`, `Camera` and `Teleop`.
+
+Record, deploy, replay and fine-tune are written against these and nothing else, so the
+simulated arm and a real one are driven by the same code. Every reading carries the wall-clock
+time at which it was captured (`time.time()`, seconds), taken as close to the hardware as the
+backend can: a timestamp added later, by whoever happened to read the value, would make
+observation and action look better aligned than they were.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ActionSpec",
+    "Camera",
+    "CameraIntrinsics",
+    "DriverError",
+    "Frame",
+    "Robot",
+    "StaleFrameError",
+    "Teleop",
+    "TeleopEvent",
+    "TeleopState",
+    "ThreadedCamera",
+    "to_robot_action",
+]
+
+
+class DriverError(RuntimeError):
+    """A device that cannot be used as asked; the message says what to do."""
+
+
+class StaleFrameError(DriverError):
+    """The newest frame is older than the caller allows (the camera stalled or disconnected)."""
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """What `Robot.command` accepts, so a policy trained on one convention is never sent to an
+    arm that expects another.
+
+    `kind` is one of "ee_delta" (end-effector displacement per step plus gripper), "ee_absolute",
+    "joint_delta", "joint_absolute"; `units` names the units of each dimension; `low`/`high` are
+    the bounds the robot accepts (commands are clipped to them by the safety filter).
+    """
+
+    kind: str
+    names: tuple[str, ...]
+    units: tuple[str, ...]
+    low: np.ndarray
+    high: np.ndarray
+    frame: str = "base"
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        low = np.asarray(self.low, dtype=np.float64).reshape(-1)
+        high = np.asarray(self.high, dtype=np.float64).reshape(-1)
+        if len(self.units) != n or low.shape != (n,) or high.shape != (n,):
+            raise ValueError(
+                f"action spec: {n} names but {len(self.units)} units, bounds {low.shape}"
+            )
+        if np.any(low > high):
+            raise ValueError("action spec: a lower bound exceeds its upper bound")
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+
+    @property
+    def dim(self) -> int:
+        return len(self.names)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "names": list(self.names),
+            "units": list(self.units),
+            "low": self.low.tolist(),
+            "high": self.high.tolist(),
+            "frame": self.frame,
+        }
+
+
+class Robot(abc.ABC):
+    """An arm (with its gripper): observe its state, command an action.
+
+    Use it as a context manager, or call `connect()`/`disconnect()`; `disconnect()` must leave
+    the arm holding still and is safe to call twice.
+    """
+
+    name: str = "robot"
+
+    @property
+    @abc.abstractmethod
+    def action_spec(self) -> ActionSpec:
+        """The action convention and bounds `command` accepts."""
+
+    @property
+    @abc.abstractmethod
+    def observation_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every array `observe()` returns (apart from timestamps)."""
+
+    @property
+    def fps(self) -> float:
+        """The rate the robot is meant to be commanded at, if it has one (0 if it has none)."""
+        return 0.0
+
+    @abc.abstractmethod
+    def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    def disconnect(self) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def is_connected(self) -> bool: ...
+
+    @abc.abstractmethod
+    def observe(self) -> dict[str, Any]:
+        """Joint / end-effector state as float arrays, plus "timestamp": the capture time."""
+
+    @abc.abstractmethod
+    def command(self, action: np.ndarray) -> np.ndarray:
+        """Send one action; returns the action actually sent (after the robot's own limits)."""
+
+    def home(self, seed: int | None = None) -> int | None:
+        """Prepare a new episode. A real arm does nothing here (the operator sets the scene up);
+        a simulated one resets its scene, to the variation of `seed` if given, and returns the
+        seed it used so the episode can be replayed in the same scene."""
+        return None
+
+    def hold(self) -> np.ndarray:
+        """The action that keeps the arm where it is (zero delta, or the current pose); what the
+        safety filter sends instead of a rejected command."""
+        spec = self.action_spec
+        if spec.kind.endswith("delta"):
+            action = np.zeros(spec.dim)
+            return action
+        raise NotImplementedError(f"{type(self).__name__} must say how to hold an absolute command")
+
+    def identity(self) -> dict[str, Any]:
+        """What produced the data, stored with every recording (driver, model, serial)."""
+        return {"robot": self.name, "driver": type(self).__name__}
+
+    def __enter__(self) -> Robot:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """Pinhole intrinsics in pixels, for the colour stream (depth is aligned to it)."""
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    def matrix(self) -> np.ndarray:
+        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1]])
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One capture: colour (H, W, 3) uint8, optional depth (H, W) in metres, its capture time
+    (wall clock, seconds) and its running index (gaps mean dropped frames)."""
+
+    color: np.ndarray
+    timestamp: float
+    index: int
+    depth: np.ndarray | None = None
+
+
+class Camera(abc.ABC):
+    """A camera whose frames arrive on their own clock; readers take the newest."""
+
+    name: str = "camera"
+
+    @property
+    @abc.abstractmethod
+    def intrinsics(self) -> CameraIntrinsics: ...
+
+    @property
+    def has_depth(self) -> bool:
+        return False
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    def read_latest(self, max_age: float) -> Frame:
+        """The newest frame; raises `StaleFrameError` if it was captured more than `max_age`
+        seconds ago, so a frozen camera never feeds a policy an old picture."""
+
+    def __enter__(self) -> Camera:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ThreadedCamera(Camera):
+    """A camera read by a background thread: subclasses implement `_capture()` (blocking until
+    the next frame) and the thread keeps the newest frame, so `read_latest` never waits on the
+    device."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = float(fps)
+        self._latest: Frame | None = None
+        self._lock = threading.Lock()
+        self._new = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._running = threading.Event()
+        self._error: BaseException | None = None
+        self.frames_captured = 0
+
+    @abc.abstractmethod
+    def _capture(self) -> Frame:
+        """Block until the device delivers its next frame and return it."""
+
+    def _open(self) -> None:
+        """Open the device (called from `start`)."""
+
+    def _close(self) -> None:
+        """Release the device (called from `stop`)."""
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._open()
+        self._running.set()
+        self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self._running.is_set():
+            try:
+                frame = self._capture()
+            except BaseException as e:  # the reader learns of it as a stale frame plus cause
+                self._error = e
+                self._running.clear()
+                break
+            with self._new:
+                self._latest = frame
+                self.frames_captured += 1
+                self._new.notify_all()
+
+    def stop(self) -> None:
+        self._running.clear()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        self._close()
+
+    def wait_first(self, timeout: float = 5.0) -> Frame:
+        """Block until the first frame has arrived (start-up of a device can take a while)."""
+        with self._new:
+            if self._latest is None and not self._new.wait_for(
+                lambda: self._latest is not None or self._error is not None, timeout
+            ):
+                raise StaleFrameError(f"camera {self.name}: no frame within {timeout:.1f} s")
+        if self._latest is None:
+            raise StaleFrameError(f"camera {self.name} failed: {self._error}") from self._error
+        return self._latest
+
+    def read_latest(self, max_age: float) -> Frame:
+        with self._lock:
+            frame = self._latest
+        if frame is None:
+            raise StaleFrameError(
+                f"camera {self.name}: no frame yet"
+                + (f" (capture failed: {self._error})" if self._error else "")
+            )
+        age = time.time() - frame.timestamp
+        if age > max_age:
+            cause = f"; capture failed: {self._error}" if self._error else ""
+            raise StaleFrameError(
+                f"camera {self.name}: newest frame is {age * 1e3:.0f} ms old, more than the "
+                f"{max_age * 1e3:.0f} ms allowed{cause}"
+            )
+        return frame
+
+
+class TeleopEvent(enum.Enum):
+    """What an operator can ask for besides moving the arm."""
+
+    START = "start"  # begin an episode
+    STOP = "stop"  # end the episode and save it
+    DISCARD = "discard"  # end the episode and throw it away (re-record)
+    SUCCESS = "success"  # mark the episode in flight as a success
+    INTERVENE = "intervene"  # toggle: take over from the policy / hand back
+    ESTOP = "estop"  # emergency stop: hold position until reset
+    RESET = "reset"  # clear a latched emergency stop
+    QUIT = "quit"  # end the session
+
+
+@dataclass
+class TeleopState:
+    """One reading of a teleop device, independent of any robot.
+
+    `action` is a normalized end-effector twist plus gripper, shape (7,): linear velocity
+    (x, y, z), angular velocity (roll, pitch, yaw), each in [-1, 1] as a fraction of the robot's
+    top speed, then the gripper in [-1, 1] (-1 open, +1 closed). `to_robot_action` maps it onto
+    a robot's `ActionSpec`. `active` says the operator is touching the device (a policy hands
+    over only while it is); `events` are those since the last read, in order."""
+
+    action: np.ndarray
+    active: bool = False
+    events: list[TeleopEvent] = field(default_factory=list)
+    timestamp: float = 0.0
+
+
+TWIST_DIM = 7
+
+
+def to_robot_action(twist: np.ndarray, spec: ActionSpec) -> np.ndarray:
+    """A teleop twist as a command in `spec`'s convention: the scale of each dimension is the
+    robot's bound, so full deflection asks for the robot's largest allowed step.
+
+    Supported: "ee_delta" with 4 dims (x, y, z, gripper: a position-only arm such as
+    Meta-World's Sawyer) or 7 dims (x, y, z, roll, pitch, yaw, gripper)."""
+    twist = np.asarray(twist, dtype=np.float64)
+    if spec.kind != "ee_delta" or spec.dim not in (4, 7):
+        raise DriverError(
+            f"teleop drives end-effector deltas of 4 or 7 dims; this robot takes {spec.kind} "
+            f"with {spec.dim} dims"
+        )
+    picked = twist[[0, 1, 2, 6]] if spec.dim == 4 else twist
+    picked = np.clip(picked, -1.0, 1.0)
+    return np.where(picked >= 0, picked * spec.high, -picked * spec.low)
+
+
+class Teleop(abc.ABC):
+    """A device a person drives the arm with. `read()` never blocks: events accumulate between
+    reads and are returned once."""
+
+    name: str = "teleop"
+
+    @abc.abstractmethod
+    def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    def disconnect(self) -> None: ...
+
+    @abc.abstractmethod
+    def read(self) -> TeleopState: ...
+
+    def __enter__(self) -> Teleop:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()
