@@ -101,6 +101,54 @@ def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
     return lambda command: functools.reduce(lambda f, option: option(f), reversed(options), command)
 
 
+def _robot_options(robot_required: bool) -> Callable[[Callable], Callable]:
+    """Options of every verb that drives a robot, with the same names and meaning."""
+    options = [
+        click.option(
+            "--robot",
+            required=robot_required,
+            help="The robot: a name (sim:metaworld/pick-place-v3) or a YAML setup "
+            "(configs/robots/sim-pick-place.yaml).",
+        ),
+        click.option(
+            "--camera",
+            multiple=True,
+            help="A camera to record and feed the policy (repeat for several), e.g. corner.",
+        ),
+        click.option(
+            "--hz",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="Control rate [default: the setup's, else the robot's own rate].",
+        ),
+        click.option(
+            "--safety",
+            type=click.Path(path_type=str),
+            default=None,
+            help="Safety limits YAML [default: the setup's, else the robot's defaults].",
+        ),
+        click.option(
+            "--teleop",
+            default=None,
+            help="Teleop device: keyboard, gamepad, spacemouse, or a YAML of its options "
+            "(configs/teleop/keyboard.yaml).",
+        ),
+        click.option(
+            "--episodes",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Episodes to save before stopping [default: until the operator quits].",
+        ),
+    ]
+
+    def decorate(fn: Callable) -> Callable:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
 @app.command("eval")
 @click.option(
     "--checkpoint",
@@ -258,6 +306,7 @@ def eval_(
     is_flag=True,
     help="Record every episode to --max-episode-steps, ignoring success.",
 )
+@_robot_options(robot_required=False)
 def record(
     source: str,
     env: str,
@@ -272,10 +321,34 @@ def record(
     steps_after_success: int,
     full_episodes: bool,
     max_episode_steps: int,
+    robot: str | None,
+    camera: tuple[str, ...],
+    hz: float | None,
+    safety: str | None,
+    teleop: str | None,
+    episodes: int | None,
 ) -> None:
-    """Record demonstrations into a DemoStore (resumes into an existing one)."""
+    """Record demonstrations into a DemoStore (resumes into an existing one): from the
+    scripted experts, or with --robot and --teleop from an operator driving a robot."""
     from il.data.store import StoreError
     from il.record import record_expert
+
+    if robot is not None:
+        if teleop is None:
+            raise UserError("recording from --robot needs --teleop (keyboard, gamepad, spacemouse)")
+        _robot_session(
+            robot=robot,
+            camera=camera,
+            image_size=image_size,
+            hz=hz,
+            safety=safety,
+            teleop=teleop,
+            out=out,
+            episodes=episodes,
+            max_steps=max_episode_steps,
+            wait_for_start=True,
+        )
+        return
 
     suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs)
     workers = workers or _cpu_count()
@@ -310,6 +383,273 @@ def record(
         f"recorded {summary.recorded} episodes into {out} "
         f"({summary.skipped} already there, {summary.discarded} failed and dropped); "
         f"the store holds {summary.episodes_in_store} episodes"
+    )
+
+
+def _robot_session(
+    *,
+    robot: str,
+    camera: tuple[str, ...],
+    image_size: int,
+    hz: float | None,
+    safety: str | None,
+    teleop: str | None,
+    out: str | None,
+    episodes: int | None,
+    max_steps: int,
+    wait_for_start: bool,
+    checkpoint: str | None = None,
+    steps_after_success: int | None = None,
+    replay: list | None = None,
+) -> None:
+    """Build robot, safety filter, cameras, teleop, store and policy; run the loop with a live
+    status line; print what happened."""
+    from rich.live import Live
+
+    from il.data.store import DemoStore, StoreError
+    from il.session import Session, robot_schema
+    from robots.base import DriverError
+    from robots.registry import default_safety, load_robot_config, make_camera, make_robot
+    from robots.safety import SafeRobot, SafetyConfig
+
+    try:
+        setup = load_robot_config(robot)
+        driver = make_robot(setup.robot, **setup.options)
+        limits = (
+            SafetyConfig.from_yaml(safety)
+            if safety is not None
+            else setup.safety or default_safety(driver)
+        )
+        device = _make_teleop(teleop) if teleop is not None else None
+    except (DriverError, ValueError, OSError) as e:
+        raise UserError(str(e)) from None
+    camera_specs = setup.cameras or [{"name": c, "size": image_size} for c in camera]
+    if camera and setup.cameras:
+        camera_specs = [c for c in setup.cameras if c["name"] in camera] + [
+            {"name": c, "size": image_size}
+            for c in camera
+            if c not in {s["name"] for s in setup.cameras}
+        ]
+    policy = None
+    if checkpoint is not None:
+        from il.policies.base import CheckpointError, load_policy
+
+        try:
+            policy = load_policy(checkpoint)
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+    safe = SafeRobot(driver, limits)
+    store = None
+    try:
+        with safe:
+            cams = [
+                make_camera(driver, spec["name"], **{k: v for k, v in spec.items() if k != "name"})
+                for spec in camera_specs
+            ]
+            for cam in cams:
+                cam.start()
+            for cam in cams:
+                cam.wait_first()  # type: ignore[attr-defined]
+            if out is not None:
+                sizes = {c.name: (c.intrinsics.width, c.intrinsics.height) for c in cams}
+                schema = robot_schema(safe, cams, sizes)
+                rate = hz or setup.hz or driver.fps
+                schema = type(schema)(
+                    keys=schema.keys, fps=rate, action=schema.action, source=schema.source
+                )
+                store = DemoStore.open_or_create(out, schema)
+            task = getattr(driver, "task", "")
+            instruction = getattr(driver, "instruction", "")
+
+            def show(status: Any) -> None:
+                state = (
+                    "E-STOP (reset to continue)"
+                    if status.estopped
+                    else ("recording" if status.recording else "waiting for start")
+                    if status.mode == "teleop"
+                    else status.mode
+                )
+                line = (
+                    f"episode {status.episode} | {state} | {status.seconds:5.1f} s | "
+                    f"{status.hz:5.1f} Hz | overruns {status.overruns} | saved {status.saved}"
+                    + (f" (+{status.pending} saving)" if status.pending else "")
+                    + (" | OPERATOR" if status.intervening else "")
+                )
+                live.update(line)
+
+            with Live("", console=err_console, refresh_per_second=5, transient=True) as live:
+                session = Session(
+                    safe,
+                    hz=hz or setup.hz or driver.fps,
+                    cameras=cams,
+                    teleop=device,
+                    policy=policy,
+                    store=store,
+                    task=task,
+                    instruction=instruction,
+                    on_status=show,
+                )
+                if device is not None:
+                    device.connect()
+                try:
+                    report = session.run(
+                        episodes=episodes,
+                        max_steps=max_steps,
+                        steps_after_success=steps_after_success,
+                        wait_for_start=wait_for_start,
+                        replay=replay,
+                    )
+                finally:
+                    if device is not None:
+                        device.disconnect()
+                    for cam in cams:
+                        cam.stop()
+    except (DriverError, StoreError) as e:
+        raise UserError(str(e)) from None
+    finally:
+        if store is not None:
+            store.close()
+    loop = report.loop
+    console.print(
+        f"{report.saved} episodes saved ({report.successes} successful), "
+        f"{report.discarded} discarded; {report.steps} steps at "
+        f"{loop.get('achieved_hz', 0):.1f} Hz, "
+        f"jitter p99 {loop.get('jitter_p99_ms', 0):.2f} ms, {loop.get('overruns', 0)} overruns"
+        + (f"; {report.intervention_steps} steps by the operator" if policy is not None else "")
+        + (
+            f"; safety: {report.safety.get('rejections')}"
+            if report.safety.get("rejections")
+            else ""
+        )
+        + (f"; into {out}" if out else "")
+    )
+
+
+def _make_teleop(teleop: str) -> Any:
+    from robots.teleop import make_teleop
+
+    path = Path(teleop)
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        if not path.exists():
+            raise ValueError(f"no teleop config at {path}")
+        return make_teleop(path.stem, **(yaml.safe_load(path.read_text()) or {}))
+    return make_teleop(teleop)
+
+
+@app.command("deploy")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=str),
+    required=True,
+    help="A run folder of `il train` (its latest checkpoint) or a checkpoint folder.",
+)
+@_robot_options(robot_required=True)
+@click.option(
+    "--record",
+    "out",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Store every episode (policy and operator steps, marked per step) here.",
+)
+@click.option(
+    "--max-episode-steps",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Steps after which an episode ends.",
+)
+@click.option(
+    "--steps-after-success",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Steps an episode goes on after the robot reports success.",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=8),
+    default=84,
+    show_default=True,
+    help="Side of the camera images, in pixels.",
+)
+def deploy(
+    checkpoint: str,
+    robot: str,
+    camera: tuple[str, ...],
+    hz: float | None,
+    safety: str | None,
+    teleop: str | None,
+    episodes: int | None,
+    out: str | None,
+    max_episode_steps: int,
+    steps_after_success: int,
+    image_size: int,
+) -> None:
+    """Run a policy on a robot through the safety filter; the operator can take over with
+    --teleop (those steps are marked as interventions) or stop at once."""
+    _robot_session(
+        robot=robot,
+        camera=camera,
+        image_size=image_size,
+        hz=hz,
+        safety=safety,
+        teleop=teleop,
+        out=out,
+        episodes=episodes or (None if teleop else 1),
+        max_steps=max_episode_steps,
+        wait_for_start=False,
+        checkpoint=checkpoint,
+        steps_after_success=steps_after_success,
+    )
+
+
+@app.command("replay")
+@click.argument("path", type=click.Path(path_type=str))
+@click.option(
+    "--episode", type=click.IntRange(min=0), default=0, show_default=True, help="Episode index."
+)
+@_robot_options(robot_required=True)
+def replay(
+    path: str,
+    episode: int,
+    robot: str,
+    camera: tuple[str, ...],
+    hz: float | None,
+    safety: str | None,
+    teleop: str | None,
+    episodes: int | None,
+) -> None:
+    """Send a recorded episode's actions to a robot, at the store's rate, through the safety
+    filter; the scene is reset to the episode's seed where the robot can."""
+    from il.data.store import DemoStore, StoreError
+
+    try:
+        store = DemoStore.open(path)
+    except StoreError as e:
+        raise UserError(str(e)) from None
+    with store:
+        if episode >= store.num_episodes:
+            raise UserError(
+                f"{path} has {store.num_episodes} episodes (0..{store.num_episodes - 1}); "
+                f"--episode {episode} is not one of them"
+            )
+        steps = store.read_episode(episode, ["action"])
+        seed = int(store.episode_meta()["seed"][episode])
+        rate = hz or store.schema.fps or None
+    _robot_session(
+        robot=robot,
+        camera=camera,
+        image_size=84,
+        hz=rate,
+        safety=safety,
+        teleop=teleop,
+        out=None,
+        episodes=1,
+        max_steps=len(steps["action"]),
+        wait_for_start=False,
+        replay=[(steps["action"], seed if seed >= 0 else None)],
     )
 
 
