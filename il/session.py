@@ -176,8 +176,9 @@ class Session:
             self.policy.reset(task=self.task if tasks else None)
         return {"seed": -1 if used is None else used, "success": False, "intervened": False}
 
-    def _end_episode(self, buffer: EpisodeBuffer, episode: dict[str, Any], save: bool) -> None:
-        steps = len(buffer)
+    def _end_episode(
+        self, buffer: EpisodeBuffer, episode: dict[str, Any], save: bool, steps: int
+    ) -> None:
         if save and steps > 0 and self._writer is not None:
             source = (
                 "teleop"
@@ -244,7 +245,7 @@ class Session:
         def end(save: bool) -> None:
             nonlocal episode
             assert episode is not None
-            self._end_episode(buffer, episode, save)
+            self._end_episode(buffer, episode, save, step_in_episode)
             episode = None
 
         if not wait_for_start:

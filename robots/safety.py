@@ -31,7 +31,10 @@ What the filter does, in order, for each action convention (`ActionSpec.kind`):
   kinematics, so `SafetyConfig.check` refuses the combination instead of ignoring the box.
 
 A check that needs the arm's state ("ee_pos", "joint_pos") and does not find it, finite, in the
-observation holds the arm: the filter never lets a command through unchecked.
+observation holds the arm: the filter never lets a command through unchecked. For "ee_delta" the
+workspace check bounds "ee_setpoint" when the robot reports it: a position controller adds each
+delta to its setpoint, which runs ahead of the hand, so bounding the hand alone would let the
+setpoint (and then the hand) drift out of the box.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ WATCHDOG = "watchdog"
 KINDS = ("ee_delta", "ee_absolute", "joint_delta", "joint_absolute")
 LENGTH_UNITS = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 ANGLE_UNITS = {"rad": 1.0, "deg": math.pi / 180.0}
-STATE_KEYS = ("ee_pos", "joint_pos")  # what the filter reads from an observation
+STATE_KEYS = ("ee_pos", "ee_setpoint", "joint_pos")  # what the filter reads from an observation
 
 
 def _vector(value: Any, name: str, size: int | None = None) -> tuple[float, ...]:
@@ -333,7 +336,10 @@ def filter_command(
                 a[:3] = t / scale
                 reasons.append(VELOCITY)
         if config.workspace_low is not None:
-            p = _state(state, "ee_pos", 3)
+            # Deltas add to the controller's setpoint, which runs ahead of a lagging hand: bound
+            # the setpoint when the robot reports one, else the measured position.
+            p = _state(state, "ee_setpoint", 3)
+            p = _state(state, "ee_pos", 3) if p is None else p
             if p is None:
                 return _held(hold, spec, *reasons, NO_STATE)
             p = p[:3]

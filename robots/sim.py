@@ -42,7 +42,8 @@ class SimArm(Robot):
 
     Action convention (Meta-World's own): end-effector displacement of the mocap target in cm per
     step along the world axes, each in [-1, 1], and the gripper effort in [-1, 1] (+1 closes).
-    Observation: "state" (Meta-World's 39-d state), "ee_pos" (m), "gripper" (opening, 0..1),
+    Observation: "state" (Meta-World's 39-d state), "ee_pos" (m), "ee_setpoint" (the mocap
+    target the hand is pulled toward, m), "gripper" (opening, 0..1),
     "success" (1.0 once the task's success test holds), "timestamp".
     """
 
@@ -74,7 +75,13 @@ class SimArm(Robot):
 
     @property
     def observation_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"state": (39,), "ee_pos": (3,), "gripper": (1,), "success": (1,)}
+        return {
+            "state": (39,),
+            "ee_pos": (3,),
+            "ee_setpoint": (3,),
+            "gripper": (1,),
+            "success": (1,),
+        }
 
     @property
     def fps(self) -> float:
@@ -117,6 +124,7 @@ class SimArm(Robot):
         env.max_episode_steps = env.sim.max_path_length = 2**62
         self._env = env
         self.home()
+        self._episodes = 0  # the first episode plays the scene the arm connected in
 
     def disconnect(self) -> None:
         with self.lock:
@@ -146,11 +154,13 @@ class SimArm(Robot):
             if self._state is None:
                 raise DriverError(f"{self.name} is not connected; call connect() or use `with`")
             state = self._state.copy()
+            setpoint = self.env.sim.data.mocap_pos[0].copy()
             stamp = time.time()
             success = self._success
         return {
             "state": state,
             "ee_pos": state[:3].astype(np.float64),
+            "ee_setpoint": setpoint,
             "gripper": state[3:4].astype(np.float64),
             "success": np.array([float(success)]),
             "timestamp": stamp,

@@ -1,0 +1,189 @@
+"""`il deploy`, `il replay` and the session loop on the simulated arm: real MuJoCo, real zarr,
+a real trained checkpoint, the real safety filter."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import config_for
+
+from il.data.store import DemoStore
+from il.session import Session, robot_schema
+from il.train import train
+from robots.registry import SIM_SAFETY
+from robots.safety import SafeRobot, SafetyConfig
+from robots.sim import SimArm
+
+IL = [sys.executable, "-m", "il.cli"]
+
+
+def run_il(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*IL, *args], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise AssertionError(f"il {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def checkpoint(store_path, tmp_path_factory) -> str:
+    """A BC policy trained by `il train`'s code on the expert store (reach and push)."""
+    out = tmp_path_factory.mktemp("deploy") / "run"
+    train(config_for(store_path, out))
+    return str(out)
+
+
+def test_deploy_records_policy_episodes_with_timestamps(checkpoint, tmp_path):
+    out = tmp_path / "deploy.zarr"
+    proc = run_il(
+        "deploy",
+        "--checkpoint",
+        checkpoint,
+        "--robot",
+        "sim:metaworld/reach-v3",
+        "--camera",
+        "corner",
+        "--hz",
+        "80",
+        "--record",
+        str(out),
+        "--episodes",
+        "2",
+        "--max-episode-steps",
+        "25",
+    )
+    assert "2 episodes saved" in proc.stdout
+    with DemoStore.open(out) as store:
+        assert store.num_episodes == 2
+        meta = store.episode_meta()
+        assert list(meta["source"]) == ["policy", "policy"]
+        assert list(meta["task"]) == ["reach-v3"] * 2
+        assert list(meta["seed"]) == [0, 1]  # each episode in its own, replayable scene
+        ep = store.read_episode(0)
+        assert len(ep["action"]) == 25
+        assert np.all(np.diff(ep["time/step"]) > 0)  # wall-clock stamps, increasing
+        # the robot was observed and the frame captured no later than the step that used them
+        assert np.all(ep["time/robot"] >= ep["time/step"] - 1e-3)
+        assert np.all(ep["time/image/corner"] <= ep["time/robot"] + 1e-3)
+        assert ep["obs/image/corner"].shape == (25, 84, 84, 3)
+        assert np.all(np.abs(ep["action"]) <= 1.0) and not ep["intervention"].any()
+        assert store.schema.action["type"] == "ee_delta"
+        assert store.schema.source["safety"]["max_speed"] == 1.0
+
+
+def test_replay_plays_a_recorded_episode_back(checkpoint, tmp_path):
+    out = tmp_path / "deploy.zarr"
+    run_il(
+        "deploy",
+        "--checkpoint",
+        checkpoint,
+        "--robot",
+        "sim:metaworld/reach-v3",
+        "--record",
+        str(out),
+        "--max-episode-steps",
+        "30",
+    )
+    proc = run_il("replay", str(out), "--episode", "0", "--robot", "sim:metaworld/reach-v3")
+    assert "30 steps" in proc.stdout
+    bad = subprocess.run(
+        [*IL, "replay", str(out), "--episode", "5", "--robot", "sim:metaworld/reach-v3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "has 1 episodes" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+class _Scripted:
+    """A policy that asks for dangerous actions: NaN, far out of bounds, then out of the box."""
+
+    spec = None
+
+    def __init__(self) -> None:
+        self.t = 0
+
+    def reset(self, task: str | None = None) -> None:
+        self.t = 0
+
+    def act(self, observation: dict) -> np.ndarray:
+        self.t += 1
+        if self.t % 3 == 0:
+            return np.array([np.nan, 0.0, 0.0, 1.0])
+        return np.array([0.0, 0.0, 50.0, 1.0])  # straight up, fifty times the bound
+
+
+def test_nan_and_out_of_workspace_commands_never_reach_the_arm(tmp_path):
+    arm = SimArm("metaworld/reach-v3")
+    safe = SafeRobot(arm, SafetyConfig.from_dict(SIM_SAFETY))
+    with safe:
+        store = DemoStore.create(tmp_path / "s.zarr", robot_schema(safe, [], {}))
+        session = Session(safe, hz=400, policy=_Scripted(), store=store)
+        session.run(episodes=1, max_steps=120)
+        ep = store.read_episode(0)
+        store.close()
+    assert np.isfinite(ep["action"]).all()  # NaN was replaced by hold
+    assert np.isnan(ep["action_requested"][2::3, 0]).all()
+    assert np.abs(ep["action"]).max() <= 1.0
+    top = SIM_SAFETY["workspace_high"][2]
+    assert ep["obs/ee_pos"][:, 2].max() <= top + 0.005  # the hand stopped at the box's top
+    assert ep["safety_limited"].all()
+    assert session.report.safety["rejections"]["non_finite"] == 40
+
+
+def test_kill_9_during_deploy_recording_keeps_every_saved_episode(checkpoint, tmp_path):
+    out = tmp_path / "killed.zarr"
+    args = [
+        *IL,
+        "deploy",
+        "--checkpoint",
+        checkpoint,
+        "--robot",
+        "sim:metaworld/reach-v3",
+        "--record",
+        str(out),
+        "--episodes",
+        "1000",
+        "--max-episode-steps",
+        "20",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if out.exists():
+                with DemoStore.open(out) as store:
+                    if store.num_episodes >= 3:
+                        break
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with DemoStore.open(out) as store:
+        n = store.num_episodes
+        assert n >= 3
+        for i in range(n):  # every committed episode is whole
+            ep = store.read_episode(i)
+            assert len(ep["action"]) == 20 and np.isfinite(ep["obs/state"]).all()
+    # and the store takes new episodes after the crash
+    run_il(
+        "deploy",
+        "--checkpoint",
+        checkpoint,
+        "--robot",
+        "sim:metaworld/reach-v3",
+        "--record",
+        str(out),
+        "--max-episode-steps",
+        "20",
+    )
+    with DemoStore.open(out) as store:
+        assert store.num_episodes == n + 1
