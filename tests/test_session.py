@@ -187,3 +187,115 @@ def test_kill_9_during_deploy_recording_keeps_every_saved_episode(checkpoint, tm
     )
     with DemoStore.open(out) as store:
         assert store.num_episodes == n + 1
+
+
+def test_teleop_recording_driven_by_a_virtual_keyboard(tmp_path):
+    from test_teleop import start_xvfb, stop_xvfb, xdotool
+
+    xvfb, display = start_xvfb("+extension", "RECORD")
+    out = tmp_path / "teleop.zarr"
+    args = [
+        *IL,
+        "record",
+        "--robot",
+        "sim:metaworld/reach-v3",
+        "--teleop",
+        "keyboard",
+        "--camera",
+        "corner",
+        "--out",
+        str(out),
+        "--episodes",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        args,
+        env={**os.environ, "DISPLAY": display},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "zarr.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # the key listener starts after the store is opened
+        xdotool(display, "key", "Return")  # start an episode
+        time.sleep(0.3)
+        xdotool(display, "keydown", "w")  # +x while held
+        time.sleep(0.6)
+        xdotool(display, "keyup", "w")
+        xdotool(display, "key", "space")  # close the gripper
+        time.sleep(0.2)
+        xdotool(display, "key", "Return")  # stop and save: the one episode asked for
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop_xvfb(xvfb)
+    assert proc.returncode == 0, stderr
+    assert "1 episodes saved" in stdout
+    with DemoStore.open(out) as store:
+        assert store.num_episodes == 1
+        assert store.episode_meta()["source"][0] == "teleop"
+        ep = store.read_episode(0)
+        moved = ep["obs/ee_pos"][-1, 0] - ep["obs/ee_pos"][0, 0]
+        assert moved > 0.05  # the hand went +x while w was held
+        assert ep["action"][:, 0].max() > 0.5 and ep["action"][-1, 3] == 1.0
+    info = run_il("info", str(out))
+    assert "1 episodes" in info.stdout and "teleop 1" in info.stdout
+
+
+def test_deploy_records_a_gamepad_intervention_as_such(checkpoint, tmp_path, monkeypatch):
+    from test_teleop import VirtualPad, sdl_library
+
+    from il.policies.base import load_policy
+    from robots.teleop import GamepadTeleop
+
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    import pygame
+
+    pygame.joystick.init()
+    pad = VirtualPad(sdl_library(pygame))
+    arm = SimArm("metaworld/reach-v3")
+    safe = SafeRobot(arm, SafetyConfig.from_dict(SIM_SAFETY))
+    teleop = GamepadTeleop(index=pad.index)
+    calls = []
+
+    def operator(status) -> None:
+        # Runs on the loop's thread: push the left stick forward for a while, then let go.
+        calls.append(status.steps)
+        if len(calls) == 2:
+            pad.axis(1, -1.0)  # stick up: +x
+            pad.update()
+        elif len(calls) == 4:
+            pad.axis(1, 0.0)
+            pad.update()
+
+    try:
+        with safe:
+            store = DemoStore.create(tmp_path / "d.zarr", robot_schema(safe, [], {}))
+            teleop.connect()
+            session = Session(
+                safe,
+                hz=80,
+                policy=load_policy(checkpoint),
+                teleop=teleop,
+                store=store,
+                task=arm.task,
+                on_status=operator,
+            )
+            report = session.run(episodes=1, max_steps=120)
+            ep = store.read_episode(0)
+            source = store.episode_meta()["source"][0]
+            store.close()
+    finally:
+        teleop.disconnect()
+        pad.detach()
+        pygame.joystick.quit()
+        pygame.display.quit()
+    marked = ep["intervention"]
+    assert 0 < marked.sum() < len(marked)  # some steps by the operator, the rest by the policy
+    assert report.intervention_steps == marked.sum() and source == "intervention"
+    assert (ep["action_requested"][marked, 0] > 0.9).all()  # the operator's +x
+    assert not marked[0] and not marked[-1]  # the policy had it before and after
