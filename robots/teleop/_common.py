@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import numpy as np
 
@@ -145,3 +146,24 @@ def button_map(
         for button, action in chosen.items()
         if action is not None
     }
+
+
+Source = TypeVar("Source")
+
+
+def axis_map(
+    mapping: Mapping[str, str | None] | None,
+    default: Mapping[str, str | None],
+    device: str,
+    parse: Callable[[str, str], Source],
+) -> dict[str, Source]:
+    """An axis map (twist dimension → the device's input) with its dimensions checked and each
+    input parsed by the device's `parse(source, dim)`; a dimension mapped to None is unbound."""
+    chosen = default if mapping is None else mapping
+    unknown = sorted(set(chosen) - set(TWIST_NAMES))
+    if unknown:
+        raise DriverError(
+            f"{device}: unknown twist dimension(s) {unknown} in axes; valid: "
+            + ", ".join(TWIST_NAMES)
+        )
+    return {dim: parse(source, dim) for dim, source in chosen.items() if source is not None}

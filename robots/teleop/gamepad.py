@@ -39,6 +39,7 @@ from robots.teleop._common import (
     TWIST_NAMES,
     Controls,
     apply_dead_zone,
+    axis_map,
     button_map,
     check_number,
     twist_from,
@@ -109,18 +110,9 @@ class GamepadTeleop(Teleop):
         gripper_axis: str | None = None,
         index: int = 0,
     ) -> None:
-        chosen = DEFAULT_AXES if axes is None else axes
-        unknown = sorted(set(chosen) - set(TWIST_NAMES))
-        if unknown:
-            raise DriverError(
-                f"gamepad: unknown twist dimension(s) {unknown} in axes; valid: "
-                + ", ".join(TWIST_NAMES)
-            )
-        self.axes = {
-            dim: _parse_source(source, f"axes.{dim}")
-            for dim, source in chosen.items()
-            if source is not None
-        }
+        self.axes = axis_map(
+            axes, DEFAULT_AXES, self.name, lambda source, dim: _parse_source(source, f"axes.{dim}")
+        )
         try:
             self.buttons = {
                 int(button): action

@@ -33,6 +33,7 @@ from robots.teleop._common import (
     TWIST_NAMES,
     Controls,
     apply_dead_zone,
+    axis_map,
     button_map,
     check_number,
     twist_from,
@@ -111,16 +112,7 @@ class SpaceMouseTeleop(Teleop):
         device: str | None = None,
         poll_interval: float = 0.002,
     ) -> None:
-        chosen = DEFAULT_AXES if axes is None else axes
-        unknown = sorted(set(chosen) - set(TWIST_NAMES))
-        if unknown:
-            raise DriverError(
-                f"spacemouse: unknown twist dimension(s) {unknown} in axes; valid: "
-                + ", ".join(TWIST_NAMES)
-            )
-        self.axes = {
-            dim: _parse_source(source, dim) for dim, source in chosen.items() if source is not None
-        }
+        self.axes = axis_map(axes, DEFAULT_AXES, self.name, _parse_source)
         self.buttons = button_map(buttons, DEFAULT_BUTTONS, self.name)
         self.dead_zone = check_number(dead_zone, self.name, "dead_zone", 0.0, 0.95)
         self.scale = check_number(scale, self.name, "scale", 0.0, 1.0)
