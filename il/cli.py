@@ -423,13 +423,13 @@ def _robot_session(
         device = _make_teleop(teleop) if teleop is not None else None
     except (DriverError, ValueError, OSError) as e:
         raise UserError(str(e)) from None
-    camera_specs = setup.cameras or [{"name": c, "size": image_size} for c in camera]
-    if camera and setup.cameras:
-        camera_specs = [c for c in setup.cameras if c["name"] in camera] + [
-            {"name": c, "size": image_size}
-            for c in camera
-            if c not in {s["name"] for s in setup.cameras}
-        ]
+    # --camera picks cameras (with the setup's settings where it names them); none: the setup's.
+    by_name = {c["name"]: c for c in setup.cameras}
+    camera_specs = (
+        [by_name.get(c, {"name": c, "size": image_size}) for c in camera]
+        if camera
+        else setup.cameras
+    )
     policy = None
     if checkpoint is not None:
         from il.policies.base import CheckpointError, load_policy
@@ -439,6 +439,7 @@ def _robot_session(
         except CheckpointError as e:
             raise UserError(str(e)) from None
     safe = SafeRobot(driver, limits)
+    rate = hz or setup.hz or driver.fps
     store = None
     try:
         with safe:
@@ -452,12 +453,7 @@ def _robot_session(
                 cam.wait_first()  # type: ignore[attr-defined]
             if out is not None:
                 sizes = {c.name: (c.intrinsics.width, c.intrinsics.height) for c in cams}
-                schema = robot_schema(safe, cams, sizes)
-                rate = hz or setup.hz or driver.fps
-                schema = type(schema)(
-                    keys=schema.keys, fps=rate, action=schema.action, source=schema.source
-                )
-                store = DemoStore.open_or_create(out, schema)
+                store = DemoStore.open_or_create(out, robot_schema(safe, cams, sizes, rate))
             task = getattr(driver, "task", "")
             instruction = getattr(driver, "instruction", "")
 
@@ -480,7 +476,7 @@ def _robot_session(
             with Live("", console=err_console, refresh_per_second=5, transient=True) as live:
                 session = Session(
                     safe,
-                    hz=hz or setup.hz or driver.fps,
+                    hz=rate,
                     cameras=cams,
                     teleop=device,
                     policy=policy,

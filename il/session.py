@@ -41,7 +41,10 @@ Chooser = Callable[[dict[str, Any], TeleopState | None], tuple[np.ndarray, bool]
 
 
 def robot_schema(
-    robot: Robot | SafeRobot, cameras: Sequence[Camera], image_size: Mapping[str, tuple[int, int]]
+    robot: Robot | SafeRobot,
+    cameras: Sequence[Camera],
+    image_size: Mapping[str, tuple[int, int]],
+    fps: float = 0.0,
 ) -> StoreSchema:
     """What a robot session stores per step: every array the robot observes (under `obs/`),
     every camera's colour image, the action sent and the one asked for, and the timing."""
@@ -68,7 +71,7 @@ def robot_schema(
     keys["safety_limited"] = KeySpec((), "bool", "the safety filter changed the action")
     return StoreSchema(
         keys=keys,
-        fps=0.0,
+        fps=fps,
         action=spec.to_json(),
         source=dict(robot.identity()),
     )
@@ -171,22 +174,23 @@ class Session:
     # --- episodes ------------------------------------------------------------------------------
     def _begin_episode(self, seed: int | None) -> dict[str, Any]:
         used = self.robot.home(seed)
+        self._reset_policy()
+        return {"seed": -1 if used is None else used, "success": False, "intervened": False}
+
+    def _reset_policy(self) -> None:
+        """A fresh history and action queue; task-conditioned policies are told the task."""
         if self.policy is not None:
             tasks = getattr(getattr(self.policy, "spec", None), "tasks", None)
             self.policy.reset(task=self.task if tasks else None)
-        return {"seed": -1 if used is None else used, "success": False, "intervened": False}
 
     def _end_episode(
         self, buffer: EpisodeBuffer, episode: dict[str, Any], save: bool, steps: int
     ) -> None:
         if save and steps > 0 and self._writer is not None:
-            source = (
-                "teleop"
-                if self.policy is None and episode.get("mode") != "replay"
-                else "intervention"
-                if episode["intervened"]
-                else "policy"
-            )
+            if self.policy is None:
+                source = "teleop"
+            else:
+                source = "intervention" if episode["intervened"] else "policy"
             self._writer.submit(
                 buffer.stack(),
                 {
@@ -313,8 +317,7 @@ class Session:
                     intervened = toggled or bool(reading is not None and reading.active)
                     if was_intervening and not intervened:
                         # Handing back: the policy's history predates the operator's moves.
-                        tasks = getattr(getattr(self.policy, "spec", None), "tasks", None)
-                        self.policy.reset(task=self.task if tasks else None)
+                        self._reset_policy()
                     if intervened:
                         assert reading is not None
                         action = to_robot_action(reading.action, spec)
