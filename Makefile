@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 # Headless OpenGL for MuJoCo through EGL (Mesa's software renderer when there is no GPU).
-APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri xvfb xdotool libhidapi-hidraw0 gcc libc6-dev linux-libc-dev python3-dev
+APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri xvfb xdotool libhidapi-hidraw0 libusb-1.0-0 gcc libc6-dev linux-libc-dev python3-dev
 export MUJOCO_GL ?= egl
 
 # Training budget of the quickstart (about two minutes on 2 cores).
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,text,teleop]"
+	$(PY) -m pip install -q -e ".[dev,text,teleop,hardware]"
 	@touch $@
 
 setup: $(VENV)/.installed

@@ -28,9 +28,8 @@ from report import cpu, print_table
 from il.data.store import DemoStore
 from il.session import Session, robot_schema
 from robots.base import Teleop, TeleopEvent, TeleopState
-from robots.registry import SIM_SAFETY
 from robots.safety import SafeRobot, SafetyConfig
-from robots.sim import SimArm
+from robots.sim import SIM_SAFETY, SimArm
 
 
 class CircleOperator(Teleop):

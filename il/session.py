@@ -29,7 +29,7 @@ from robots.base import (
     Teleop,
     TeleopEvent,
     TeleopState,
-    to_robot_action,
+    teleop_action,
 )
 from robots.loop import BackgroundWriter, EpisodeBuffer, RateLoop
 from robots.safety import SafeRobot
@@ -320,13 +320,13 @@ class Session:
                         self._reset_policy()
                     if intervened:
                         assert reading is not None
-                        action = to_robot_action(reading.action, spec)
+                        action = teleop_action(reading, spec)
                     else:
                         action = np.asarray(self.policy.act(policy_obs), dtype=np.float64)
                     was_intervening = intervened
                 else:
                     assert reading is not None
-                    action = to_robot_action(reading.action, spec)
+                    action = teleop_action(reading, spec)
 
                 sent = self.robot.command(action)
                 result = self.robot.last_result

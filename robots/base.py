@@ -22,6 +22,7 @@ __all__ = [
     "ActionSpec",
     "Camera",
     "CameraIntrinsics",
+    "ConnectionLost",
     "DriverError",
     "Frame",
     "Robot",
@@ -30,12 +31,37 @@ __all__ = [
     "TeleopEvent",
     "TeleopState",
     "ThreadedCamera",
+    "teleop_action",
     "to_robot_action",
+    "vendor_library",
 ]
 
 
 class DriverError(RuntimeError):
     """A device that cannot be used as asked; the message says what to do."""
+
+
+class ConnectionLost(DriverError):
+    """The device stopped answering mid-session (cable, power, network, controller stop).
+
+    A driver raises it from `observe` or `command` once it knows the link is gone; the session
+    then stops the loop, keeps or discards the episode in flight as the user chose, and reports
+    this one line."""
+
+
+def vendor_library(module: str, extra: str, device: str) -> Any:
+    """Import a device's vendor library, or say in one line which extra installs it.
+
+    Backends call this when they connect, not at import, so `robots` imports on a machine
+    without any hardware library."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise DriverError(
+            f"{device} needs the `{module}` library: pip install 'il[{extra}]' ({e})"
+        ) from None
 
 
 class StaleFrameError(DriverError):
@@ -147,6 +173,12 @@ class Robot(abc.ABC):
     def identity(self) -> dict[str, Any]:
         """What produced the data, stored with every recording (driver, model, serial)."""
         return {"robot": self.name, "driver": type(self).__name__}
+
+    def safety_defaults(self) -> dict[str, Any] | None:
+        """Safety limits (`SafetyConfig` keys) this robot can be trusted with when the user
+        gives none, or None when only the user can know them (a real arm's workspace depends on
+        what stands around it): then a safety config is required."""
+        return None
 
     def __enter__(self) -> Robot:
         self.connect()
@@ -317,15 +349,34 @@ class TeleopState:
     (x, y, z), angular velocity (roll, pitch, yaw), each in [-1, 1] as a fraction of the robot's
     top speed, then the gripper in [-1, 1] (-1 open, +1 closed). `to_robot_action` maps it onto
     a robot's `ActionSpec`. `active` says the operator is touching the device (a policy hands
-    over only while it is); `events` are those since the last read, in order."""
+    over only while it is); `events` are those since the last read, in order.
+
+    `robot_action`, when set, is an action already in the driven robot's own convention and
+    is sent instead of mapping `action`: a leader arm gives its follower joint targets, not a
+    twist."""
 
     action: np.ndarray
     active: bool = False
     events: list[TeleopEvent] = field(default_factory=list)
     timestamp: float = 0.0
+    robot_action: np.ndarray | None = None
 
 
 TWIST_DIM = 7
+
+
+def teleop_action(reading: TeleopState, spec: ActionSpec) -> np.ndarray:
+    """The command a teleop reading asks of a robot with `spec`: its own `robot_action` (a
+    leader arm), else its twist mapped by `to_robot_action`."""
+    if reading.robot_action is not None:
+        action = np.asarray(reading.robot_action, dtype=np.float64).reshape(-1)
+        if action.shape != (spec.dim,):
+            raise DriverError(
+                f"teleop gives {action.size} numbers per action; the robot takes {spec.dim} "
+                f"({', '.join(spec.names)}): pair a leader arm with a follower of the same model"
+            )
+        return action
+    return to_robot_action(reading.action, spec)
 
 
 def to_robot_action(twist: np.ndarray, spec: ActionSpec) -> np.ndarray:

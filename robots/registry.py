@@ -1,12 +1,23 @@
 """Robots and cameras by name, so a command line or a YAML file can say which to drive.
 
-Names: `sim:metaworld/<task>` for the simulated Meta-World arm (any env name `envs.make`
-accepts); its cameras are the scene's cameras by name (`corner`, `topview`, ...). Real arms and
-cameras register here under their own prefixes.
+A name is `<backend>:<address>`; the backend's class takes the address as its first argument
+and the setup's `options` as keywords:
+
+| name | driver | address |
+| --- | --- | --- |
+| `sim:metaworld/<task>` | `robots.sim.SimArm` | any env name `envs.make` accepts |
+| `ur:<host>` | `robots.ur.URArm` | the controller's IP address |
+| `dynamixel:<port>` | `robots.servo_arm.ServoArm` | serial port of a Dynamixel bus (Koch, ALOHA) |
+| `feetech:<port>` | `robots.servo_arm.ServoArm` | serial port of a Feetech bus (SO-100/101) |
+
+Cameras: `realsense:<serial or .bag file>`, `opencv:<index, device or video file>`; any other
+name is one of a simulated arm's scene cameras (`corner`, `topview`, ...). Backends are
+imported only when named, so a missing hardware library is an error only for its own device.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,48 +25,70 @@ from typing import Any
 from robots.base import Camera, DriverError, Robot
 from robots.safety import SafetyConfig
 
-__all__ = ["RobotConfig", "load_robot_config", "make_camera", "make_robot"]
+__all__ = ["CAMERAS", "ROBOTS", "RobotConfig", "load_robot_config", "make_camera", "make_robot"]
 
-# The simulated arm's limits (configs/robots/safety.yaml explains each): the table's box, the
-# action bounds per step, 1 m/s; no watchdog, since the simulated arm only moves when stepped.
-SIM_SAFETY: dict[str, Any] = {
-    "workspace_low": [-0.5, 0.35, -0.10],
-    "workspace_high": [0.5, 0.95, 0.35],
-    "max_step": [1.0, 1.0, 1.0, 1.0],
-    "max_speed": 1.0,
-    "watchdog_periods": None,
+# prefix -> (module, class, keyword arguments the prefix implies)
+ROBOTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "sim": ("robots.sim", "SimArm", {}),
+    "ur": ("robots.ur", "URArm", {}),
+    "dynamixel": ("robots.servo_arm", "ServoArm", {"bus": "dynamixel"}),
+    "feetech": ("robots.servo_arm", "ServoArm", {"bus": "feetech"}),
 }
+CAMERAS: dict[str, tuple[str, str]] = {
+    "realsense": ("robots.realsense", "RealSenseCamera"),
+    "opencv": ("robots.opencv_camera", "OpenCVCamera"),
+}
+EXAMPLES = "sim:metaworld/reach-v3, ur:192.168.1.10, dynamixel:/dev/ttyUSB0, feetech:/dev/ttyACM0"
+
+
+def _split(name: str) -> tuple[str, str]:
+    prefix, sep, address = name.partition(":")
+    return (prefix, address) if sep and address else ("", name)
 
 
 def make_robot(name: str, **options: Any) -> Robot:
     """A robot driver by name, not yet connected."""
-    if name.startswith("sim:"):
-        from robots.sim import SimArm, parse_sim_name
-
-        return SimArm(parse_sim_name(name), **options)
-    raise DriverError(
-        f"unknown robot {name!r}; known: sim:metaworld/<task> (e.g. sim:metaworld/reach-v3)"
-    )
+    prefix, address = _split(name)
+    if prefix not in ROBOTS:
+        raise DriverError(f"unknown robot {name!r}; names look like {EXAMPLES}")
+    module, cls, implied = ROBOTS[prefix]
+    driver = getattr(importlib.import_module(module), cls)
+    try:
+        return driver(address, **{**implied, **options})
+    except TypeError as e:  # an option the driver does not take
+        raise DriverError(f"robot {name}: {e}") from None
 
 
 def make_camera(robot: Robot, name: str, **options: Any) -> Camera:
-    """A camera by name; a simulated robot's cameras are its scene's cameras."""
+    """A camera by name: a real one by its backend prefix, else a simulated arm's scene
+    camera."""
+    prefix, address = _split(name)
+    if prefix in CAMERAS:
+        module, cls = CAMERAS[prefix]
+        camera = getattr(importlib.import_module(module), cls)
+        try:
+            return camera(address, **options)
+        except TypeError as e:
+            raise DriverError(f"camera {name}: {e}") from None
     from robots.sim import SimArm
 
     if isinstance(robot, SimArm):
         return robot.camera(name, **options)
-    raise DriverError(f"unknown camera {name!r} for robot {robot.name}")
+    raise DriverError(
+        f"unknown camera {name!r} for robot {robot.name}; names look like "
+        "realsense:<serial or file.bag>, opencv:<index or /dev/videoN>"
+    )
 
 
 def default_safety(robot: Robot) -> SafetyConfig:
-    from robots.sim import SimArm
-
-    if isinstance(robot, SimArm):
-        return SafetyConfig.from_dict(SIM_SAFETY)
-    raise DriverError(
-        f"robot {robot.name} has no default safety limits; give a safety config "
-        "(see configs/robots/safety.yaml)"
-    )
+    """The robot's own limits when the user gives none; a real arm has none to offer."""
+    defaults = robot.safety_defaults()
+    if defaults is None:
+        raise DriverError(
+            f"robot {robot.name} has no default safety limits; give a safety config with "
+            "--safety or `safety:` in the robot config (see configs/robots/safety.yaml)"
+        )
+    return SafetyConfig.from_dict(defaults)
 
 
 class RobotConfig:

@@ -24,17 +24,19 @@ import envs
 from envs.metaworld import CAMERAS, MetaWorldEnv
 from robots.base import ActionSpec, CameraIntrinsics, DriverError, Frame, Robot, ThreadedCamera
 
-__all__ = ["SimArm", "SimCamera", "parse_sim_name"]
+__all__ = ["SIM_SAFETY", "SimArm", "SimCamera"]
 
 SIM_PREFIX = "sim:"
 STEP_SECONDS = 0.0125
-
-
-def parse_sim_name(name: str) -> str:
-    """`sim:metaworld/pick-place-v3` → the env name `metaworld/pick-place-v3`."""
-    if not name.startswith(SIM_PREFIX):
-        raise DriverError(f"not a simulated robot: {name!r} (expected sim:metaworld/<task>)")
-    return name[len(SIM_PREFIX) :]
+# The simulated arm's limits (configs/robots/safety.yaml explains each): the table's box, the
+# action bounds per step, 1 m/s; no watchdog, since the simulated arm only moves when stepped.
+SIM_SAFETY: dict[str, Any] = {
+    "workspace_low": [-0.5, 0.35, -0.10],
+    "workspace_high": [0.5, 0.95, 0.35],
+    "max_step": [1.0, 1.0, 1.0, 1.0],
+    "max_speed": 1.0,
+    "watchdog_periods": None,
+}
 
 
 class SimArm(Robot):
@@ -191,6 +193,9 @@ class SimArm(Robot):
             "task": self._env.task if self._env is not None else None,
             "mujoco": mujoco.__version__,
         }
+
+    def safety_defaults(self) -> dict[str, Any]:
+        return dict(SIM_SAFETY)
 
     def camera(self, name: str, **kwargs: Any) -> SimCamera:
         """One of the scene's cameras as a `Camera` bound to this arm."""

@@ -16,9 +16,8 @@ from conftest import config_for
 from il.data.store import DemoStore
 from il.session import Session, robot_schema
 from il.train import train
-from robots.registry import SIM_SAFETY
 from robots.safety import SafeRobot, SafetyConfig
-from robots.sim import SimArm
+from robots.sim import SIM_SAFETY, SimArm
 
 IL = [sys.executable, "-m", "il.cli"]
 
