@@ -139,6 +139,14 @@ def _robot_options(robot_required: bool) -> Callable[[Callable], Callable]:
             default=None,
             help="Episodes to save before stopping [default: until the operator quits].",
         ),
+        click.option(
+            "--on-disconnect",
+            type=click.Choice(["keep", "discard"]),
+            default="keep",
+            show_default=True,
+            help="If the robot stops answering mid-episode: keep the steps recorded so far "
+            "as an unsuccessful episode, or discard them.",
+        ),
     ]
 
     def decorate(fn: Callable) -> Callable:
@@ -327,6 +335,7 @@ def record(
     safety: str | None,
     teleop: str | None,
     episodes: int | None,
+    on_disconnect: str,
 ) -> None:
     """Record demonstrations into a DemoStore (resumes into an existing one): from the
     scripted experts, or with --robot and --teleop from an operator driving a robot."""
@@ -338,6 +347,7 @@ def record(
             raise UserError("recording from --robot needs --teleop (keyboard, gamepad, spacemouse)")
         _robot_session(
             robot=robot,
+            on_disconnect=on_disconnect,
             camera=camera,
             image_size=image_size,
             hz=hz,
@@ -396,6 +406,7 @@ def _robot_session(
     teleop: str | None,
     out: str | None,
     episodes: int | None,
+    on_disconnect: str,
     max_steps: int,
     wait_for_start: bool,
     checkpoint: str | None = None,
@@ -484,6 +495,7 @@ def _robot_session(
                     task=task,
                     instruction=instruction,
                     on_status=show,
+                    on_disconnect=on_disconnect,
                 )
                 if device is not None:
                     device.connect()
@@ -519,6 +531,15 @@ def _robot_session(
         )
         + (f"; into {out}" if out else "")
     )
+    if report.connection_lost is not None:
+        last = report.episodes[-1] if report.episodes else None
+        fate = (
+            ""
+            if last is None or not last["steps"]
+            else f"; the episode in flight ({last['steps']} steps) was "
+            + ("kept" if last["saved"] else "discarded")
+        )
+        raise UserError(f"{report.connection_lost}{fate}")
 
 
 def _make_teleop(teleop: str) -> Any:
@@ -578,6 +599,7 @@ def deploy(
     safety: str | None,
     teleop: str | None,
     episodes: int | None,
+    on_disconnect: str,
     out: str | None,
     max_episode_steps: int,
     steps_after_success: int,
@@ -587,6 +609,7 @@ def deploy(
     --teleop (those steps are marked as interventions) or stop at once."""
     _robot_session(
         robot=robot,
+        on_disconnect=on_disconnect,
         camera=camera,
         image_size=image_size,
         hz=hz,
@@ -616,6 +639,7 @@ def replay(
     safety: str | None,
     teleop: str | None,
     episodes: int | None,
+    on_disconnect: str,
 ) -> None:
     """Send a recorded episode's actions to a robot, at the store's rate, through the safety
     filter; the scene is reset to the episode's seed where the robot can."""
@@ -636,6 +660,7 @@ def replay(
         rate = hz or store.schema.fps or None
     _robot_session(
         robot=robot,
+        on_disconnect=on_disconnect,
         camera=camera,
         image_size=84,
         hz=rate,

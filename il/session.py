@@ -24,6 +24,8 @@ import numpy as np
 from il.data.store import DemoStore, KeySpec, StoreSchema
 from robots.base import (
     Camera,
+    ConnectionLost,
+    DriverError,
     Robot,
     StaleFrameError,
     Teleop,
@@ -92,6 +94,8 @@ class SessionReport:
     submit_seconds: list[float] = field(default_factory=list)
     stale_frames: int = 0
     episodes: list[dict[str, Any]] = field(default_factory=list)
+    connection_lost: str | None = None
+    """Why the session ended early: the robot stopped answering (None when it did not)."""
 
 
 @dataclass
@@ -132,7 +136,10 @@ class Session:
         instruction: str = "",
         max_frame_age: float | None = None,
         on_status: Callable[[Status], None] | None = None,
+        on_disconnect: str = "keep",
     ) -> None:
+        if on_disconnect not in ("keep", "discard"):
+            raise ValueError(f"on_disconnect is keep or discard, not {on_disconnect!r}")
         if not isinstance(robot, SafeRobot):
             raise TypeError("Session drives robots only through a SafeRobot (the safety filter)")
         self.robot = robot
@@ -147,6 +154,7 @@ class Session:
             (2.0 / getattr(c, "fps", 30.0) for c in self.cameras), default=0.1
         )
         self.on_status = on_status or (lambda status: None)
+        self.on_disconnect = on_disconnect
         self.report = SessionReport()
         self._writer = (
             BackgroundWriter(lambda arrays, **meta: store.add_episode(arrays, **meta))
@@ -369,10 +377,19 @@ class Session:
                     self._update_status(status, episode, step_in_episode, intervened)
         except KeyboardInterrupt:
             pass  # the episode in flight is dropped; saved ones are drained below
+        except ConnectionLost as e:
+            # The arm is gone: nothing more can be sent. What was recorded up to the last
+            # step is whole, so it is kept (marked unsuccessful) or dropped as the user chose.
+            self.report.connection_lost = str(e)
+            if episode is not None:
+                end(save=self.on_disconnect == "keep" and step_in_episode > 0)
         finally:
             sys.setswitchinterval(switch_interval)
             try:
-                self.robot.command(self.robot.hold())
+                if self.report.connection_lost is None:
+                    self.robot.command(self.robot.hold())
+            except DriverError:
+                pass  # the link broke while stopping; the driver's own stop applies
             finally:
                 self._close_writer()
         return self.report
