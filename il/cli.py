@@ -410,6 +410,7 @@ def _robot_session(
     max_steps: int,
     wait_for_start: bool,
     checkpoint: str | None = None,
+    act_ahead: int = 0,
     steps_after_success: int | None = None,
     replay: list | None = None,
 ) -> None:
@@ -447,7 +448,8 @@ def _robot_session(
 
         try:
             policy = load_policy(checkpoint)
-        except CheckpointError as e:
+            policy.set_act_ahead(act_ahead)
+        except (CheckpointError, ValueError) as e:
             raise UserError(str(e)) from None
     safe = SafeRobot(driver, limits)
     rate = hz or setup.hz or driver.fps
@@ -591,6 +593,15 @@ def _make_teleop(teleop: str) -> Any:
     show_default=True,
     help="Side of the camera images, in pixels.",
 )
+@click.option(
+    "--act-ahead",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Predict each action chunk this many steps before it is needed, on a background "
+    "thread, so the loop never waits on the network (the policy then reacts that many steps "
+    "later); for slow policies such as diffusion on a CPU.",
+)
 def deploy(
     checkpoint: str,
     robot: str,
@@ -604,6 +615,7 @@ def deploy(
     max_episode_steps: int,
     steps_after_success: int,
     image_size: int,
+    act_ahead: int,
 ) -> None:
     """Run a policy on a robot through the safety filter; the operator can take over with
     --teleop (those steps are marked as interventions) or stop at once."""
@@ -620,6 +632,7 @@ def deploy(
         max_steps=max_episode_steps,
         wait_for_start=False,
         checkpoint=checkpoint,
+        act_ahead=act_ahead,
         steps_after_success=steps_after_success,
     )
 

@@ -189,3 +189,46 @@ def test_eval_during_training_logs_success(store_path, tmp_path):
     assert [r.split(",")[0] for r in rows] == ["10", "20"]
     assert all(0.0 <= float(r.split(",")[-1]) <= 1.0 for r in rows)
     assert not list((out / "checkpoints").glob("eval_*"))  # temporary exports are removed
+
+
+def _chunking_bc(action_horizon: int = 8, n_action_steps: int = 4):
+    """A BC policy with random weights predicting chunks (obs: a 5-d state, 2-d actions)."""
+    from il.data.normalize import KeyStats, Normalizer
+    from il.policies.base import DataSpec
+    from il.policies.bc import BCConfig, BCPolicy
+
+    torch.manual_seed(0)
+    spec = DataSpec(obs_shapes={"obs/state": [5]}, action_dim=2, tasks=[])
+    stats = {k: KeyStats(-np.ones(d), np.ones(d), np.zeros(d), np.ones(d), 1) for k, d in
+             (("obs/state", 5), ("action", 2))}  # fmt: skip
+    normalizer = Normalizer(stats, {"obs/state": "mean_std", "action": "min_max"})
+    config = BCConfig(action_horizon=action_horizon, n_action_steps=n_action_steps, hidden=[16])
+    return BCPolicy(config, spec, normalizer).eval()
+
+
+def test_act_ahead_runs_each_action_at_the_step_it_was_predicted_for():
+    policy = _chunking_bc()
+    observations = [{"state": np.full(5, i / 10, dtype=np.float32)} for i in range(12)]
+    # Without act-ahead: a chunk predicted from the observation of steps 0, 4, 8.
+    plain = [policy.act(o) for o in observations]
+    policy.reset()
+    policy.set_act_ahead(2)
+    ahead = [policy.act(o) for o in observations]
+
+    def chunk(step: int) -> np.ndarray:
+        with torch.no_grad():
+            return policy._predict([{"obs/state": observations[step]["state"]}])
+
+    np.testing.assert_array_equal(ahead[:4], plain[:4])  # the first chunk cannot be early
+    # Steps 4-7 come from the chunk predicted at step 2 (its entries 2..5), 8-11 from step 6.
+    np.testing.assert_allclose(ahead[4:8], chunk(2)[2:6], rtol=1e-6)
+    np.testing.assert_allclose(ahead[8:12], chunk(6)[2:6], rtol=1e-6)
+    assert not np.allclose(ahead[4:8], plain[4:8])  # earlier observations, other actions
+    policy.reset()  # a new episode starts with a chunk of its own again
+    np.testing.assert_array_equal(policy.act(observations[0]), plain[0])
+
+
+@pytest.mark.parametrize("steps", [-1, 5])
+def test_act_ahead_beyond_the_chunk_is_refused(steps):
+    with pytest.raises(ValueError, match="act-ahead"):
+        _chunking_bc().set_act_ahead(steps)

@@ -16,6 +16,7 @@ is unpickled.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import json
 from collections.abc import Mapping
@@ -114,6 +115,11 @@ class Policy(nn.Module):
         self._queue: collections.deque[np.ndarray] = collections.deque()
         self._ensemble: list[tuple[int, np.ndarray]] = []
         self._t = 0
+        self.act_ahead = 0
+        """Steps ahead of need that the next chunk's prediction starts, on a background thread
+        (0: predict when the queue runs dry). See `set_act_ahead`."""
+        self._ahead: concurrent.futures.Future | None = None
+        self._ahead_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # --- what a method implements ------------------------------------------------------------
     @property
@@ -188,6 +194,32 @@ class Policy(nn.Module):
         self._queue.clear()
         self._ensemble.clear()
         self._t = 0
+        self._ahead = None  # a prediction in flight is for the old episode: its result is dropped
+
+    def set_act_ahead(self, steps: int) -> None:
+        """Predict each next chunk `steps` control steps before its first action is needed,
+        on a background thread, so `act()` returns a queued action instead of waiting on the
+        network (diffusion's denoising takes several control periods on a CPU).
+
+        The chunk is predicted from the observation `steps` steps before it is used, and its
+        first `steps` actions (for steps already executed from the previous chunk) are
+        skipped, so every action still runs at the time it was predicted for; the cost is that
+        the policy reacts `steps` steps later. Needs `steps + n_action_steps <= action_horizon`.
+        """
+        steps = int(steps)
+        if steps < 0 or (
+            steps
+            and (steps > self.n_action_steps or steps + self.n_action_steps > self.action_horizon)
+        ):
+            raise ValueError(
+                f"act-ahead of {steps} steps needs steps + n_action_steps "
+                f"({self.n_action_steps}) <= action_horizon ({self.action_horizon}); use at "
+                f"most {min(self.n_action_steps, self.action_horizon - self.n_action_steps)}"
+            )
+        if steps and getattr(self.config, "temporal_ensemble", None) is not None:
+            raise ValueError("act-ahead and temporal ensembling exclude each other")
+        self.act_ahead = steps
+        self._ahead = None
 
     @torch.no_grad()
     def act(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -208,17 +240,33 @@ class Policy(nn.Module):
         while len(self._obs_history) > self.obs_horizon:
             self._obs_history.popleft()
         ensemble = getattr(self.config, "temporal_ensemble", None)
-        if ensemble is not None or not self._queue:
-            chunk = self._predict(self._obs_history)
-            if ensemble is not None:
-                action = self._ensembled(chunk, float(ensemble))
-                self._t += 1
-                return action
-            self._queue.extend(chunk[: self.n_action_steps])
+        if ensemble is not None:
+            action = self._ensembled(self._predict(self._obs_history), float(ensemble))
+            self._t += 1
+            return action
+        if not self._queue:
+            if self._ahead is not None:  # predicted `act_ahead` steps ago
+                chunk, self._ahead = self._ahead.result(), None
+                start = self.act_ahead
+            else:
+                chunk, start = self._predict(self._obs_history), 0
+            self._queue.extend(chunk[start : start + self.n_action_steps])
         self._t += 1
-        return self._queue.popleft()
+        action = self._queue.popleft()
+        if self.act_ahead and len(self._queue) == self.act_ahead - 1 and self._ahead is None:
+            # This observation is `act_ahead` steps before the queue runs dry.
+            if self._ahead_pool is None:
+                self._ahead_pool = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="act-ahead"
+                )
+            self._ahead = self._ahead_pool.submit(self._predict_quietly, list(self._obs_history))
+        return action
 
-    def _predict(self, history: collections.deque) -> np.ndarray:
+    def _predict_quietly(self, history: list[dict[str, np.ndarray]]) -> np.ndarray:
+        with torch.no_grad():  # grad mode is per thread
+            return self._predict(history)
+
+    def _predict(self, history: collections.deque | list) -> np.ndarray:
         device = next(self.parameters()).device
         obs = {}
         for key in self.spec.obs_shapes:
