@@ -191,6 +191,14 @@ def _robot_options(robot_required: bool) -> Callable[[Callable], Callable]:
     default=None,
     help="Write per-episode results as JSON here.",
 )
+@click.option(
+    "--act-ahead",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Roll out as `il deploy --act-ahead` does: each chunk predicted this many steps "
+    "before it is needed (measures what the later reaction costs).",
+)
 def eval_(
     checkpoint: Path | None,
     policy: str | None,
@@ -205,6 +213,7 @@ def eval_(
     video: Path | None,
     video_episodes: int,
     json_out: Path | None,
+    act_ahead: int,
 ) -> None:
     """Roll a checkpoint (or the scripted experts) out on a suite; success per task."""
     from il.evaluate import evaluate, evaluate_checkpoint
@@ -239,7 +248,7 @@ def eval_(
                     total=n_tasks * episodes_per_task,
                 )
                 report = evaluate_checkpoint(
-                    folder, suite=env, split=split, workers=workers, **common
+                    folder, suite=env, split=split, workers=workers, act_ahead=act_ahead, **common
                 )
             except (CheckpointError, ValueError) as e:
                 raise UserError(str(e)) from None

@@ -304,12 +304,13 @@ class CheckpointPolicies:
     """A picklable policy factory: one policy per task, from a checkpoint loaded once per
     process (every task's policy is a copy, with its own history and action queue)."""
 
-    def __init__(self, checkpoint: str | os.PathLike) -> None:
+    def __init__(self, checkpoint: str | os.PathLike, act_ahead: int = 0) -> None:
         self.checkpoint = str(checkpoint)
+        self.act_ahead = act_ahead
         self._loaded: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint, "_loaded": None}
+        return {"checkpoint": self.checkpoint, "act_ahead": self.act_ahead, "_loaded": None}
 
     def __call__(self, task: SuiteTask) -> Policy:
         import copy
@@ -322,6 +323,7 @@ class CheckpointPolicies:
             torch.set_num_threads(1)  # one env per core: the workers are the parallelism
             self._loaded = load_policy(self.checkpoint)
         policy = copy.deepcopy(self._loaded)
+        policy.set_act_ahead(self.act_ahead)
         policy.reset(task=task.name if policy.spec.tasks else None)
         return _TaskBound(policy, task.name if policy.spec.tasks else None)
 
@@ -344,14 +346,17 @@ def evaluate_checkpoint(
     *,
     suite: str | None = None,
     split: str = "train",
+    act_ahead: int = 0,
     **kwargs: Any,
 ) -> EvalReport:
     """Evaluate a checkpoint in the env it describes: its suite (or `suite`), its observation
-    keys, image size and episode length."""
+    keys, image size and episode length. `act_ahead`: roll out as a deployment with
+    `Policy.set_act_ahead` would."""
     from il.policies.base import load_policy, resolve_checkpoint
 
     folder = resolve_checkpoint(checkpoint)
     policy = load_policy(folder)
+    policy.set_act_ahead(act_ahead)  # a bad value fails here, before any worker starts
     env = policy.spec.env
     name = suite or env.get("suite")
     if name is None:
@@ -373,4 +378,4 @@ def evaluate_checkpoint(
     kwargs.setdefault("image_size", int(env.get("image_size", 84)))
     kwargs.setdefault("max_episode_steps", int(env.get("max_episode_steps", 500)))
     kwargs.setdefault("policy_name", f"{policy.name} ({folder})")
-    return evaluate(chosen, CheckpointPolicies(folder), **kwargs)
+    return evaluate(chosen, CheckpointPolicies(folder, act_ahead), **kwargs)
