@@ -144,6 +144,17 @@ class Renderer:
         renderer.update_scene(data, camera=camera)
         return renderer.render()
 
+    def depth(self, data: mujoco.MjData, camera: str | int) -> np.ndarray:
+        """Depth `(h w)` float32 in metres along the camera's optical axis, as a depth camera
+        reports it; where nothing is in view, the far clipping plane's distance."""
+        renderer = self._ensure()
+        renderer.enable_depth_rendering()
+        try:
+            renderer.update_scene(data, camera=camera)
+            return renderer.render()
+        finally:
+            renderer.disable_depth_rendering()
+
     def segmentation(self, data: mujoco.MjData, camera: str | int) -> np.ndarray:
         """Per-pixel `(object id, object type)` `(h w 2)` int32; id -1 is background."""
         renderer = self._ensure()

@@ -515,7 +515,8 @@ def _robot_session(
                         episodes=episodes,
                         max_steps=max_steps,
                         steps_after_success=steps_after_success,
-                        wait_for_start=wait_for_start,
+                        # a device without buttons (a leader arm) cannot say "start"
+                        wait_for_start=wait_for_start and (device is None or device.has_events),
                         replay=replay,
                     )
                 finally:
@@ -868,6 +869,96 @@ def train_(
         f"curves: {Path(config.out) / 'curves.png'}; metrics: {Path(config.out) / 'metrics.csv'}"
     )
     console.print(f"evaluate it: il eval --checkpoint {config.out}")
+
+
+@app.command("calibrate")
+@click.option(
+    "--robot",
+    default=None,
+    help="A follower arm: dynamixel:<port>, feetech:<port>, or its YAML setup "
+    "(configs/robots/koch.yaml).",
+)
+@click.option(
+    "--teleop",
+    default=None,
+    help="A leader arm instead: its teleop YAML (configs/teleop/leader.yaml).",
+)
+@click.option(
+    "--model",
+    default=None,
+    help="Arm model: koch, koch_leader, so100, so100_leader, so101, so101_leader, aloha "
+    "[default: the setup's, else koch / so100, or their leaders].",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Calibration JSON to write [default: the setup's `calibration`, else "
+    "calibration/<model>.json].",
+)
+def calibrate_(robot: str | None, teleop: str | None, model: str | None, out: str | None) -> None:
+    """Calibrate a servo arm (Koch, SO-100/101, ALOHA-class; follower or leader): hold it in
+    the middle of its range, then move every joint end to end. Drivers load the file on
+    connect and write its offsets to the motors."""
+    from robots.base import DriverError
+    from robots.servo_arm import (
+        DEFAULT_LEADER,
+        DEFAULT_MODEL,
+        calibrate,
+        default_calibration_path,
+        get_model,
+        open_bus,
+    )
+
+    if (robot is None) == (teleop is None):
+        raise UserError("give the arm to calibrate: --robot (a follower) or --teleop (a leader)")
+    try:
+        if robot is not None:
+            from robots.registry import load_robot_config
+
+            setup = load_robot_config(robot)
+            bus, _, port = setup.robot.partition(":")
+            options = dict(setup.options)
+            defaults = DEFAULT_MODEL
+        else:
+            import yaml
+
+            path = Path(str(teleop))
+            if path.suffix not in (".yaml", ".yml") or not path.exists():
+                raise UserError(f"--teleop takes a leader arm's YAML (no file {path})")
+            options = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(options, dict) or "port" not in options:
+                raise UserError(f"{path} names no `port`: is it a leader arm's config?")
+            port = str(options.pop("port"))
+            bus = str(options.get("bus", "dynamixel"))
+            defaults = DEFAULT_LEADER
+        if bus not in defaults or not port:
+            raise UserError(
+                f"il calibrate drives servo arms: give dynamixel:<port> or feetech:<port>, "
+                f"not {robot or teleop!r}"
+            )
+        model = get_model(model or options.get("model") or defaults[bus], bus).name
+        out = out or options.get("calibration") or str(default_calibration_path(model))
+        motors = open_bus(
+            bus,
+            port,
+            baudrate=int(options.get("baudrate", 1_000_000)),
+            timeout_ms=options.get("timeout_ms"),
+        )
+        console.print(f"calibrating a {model} arm on {bus}:{port}; its torque is switched off")
+        with motors:
+            calibration = calibrate(
+                motors,
+                model,
+                lambda prompt: click.prompt(
+                    prompt, default="", show_default=False, prompt_suffix=" "
+                ),
+                say=console.print,
+            )
+        written = calibration.save(out)
+    except (DriverError, OSError, ValueError) as e:
+        raise UserError(str(e)) from None
+    console.print(f"wrote {written}; the driver loads it on connect (options: calibration)")
 
 
 @app.command("envs")

@@ -402,6 +402,12 @@ class Teleop(abc.ABC):
 
     name: str = "teleop"
 
+    @property
+    def has_events(self) -> bool:
+        """Whether the device can send episode events (start, stop, ...). Recording from one
+        that cannot starts each episode at once and ends it after the step limit."""
+        return True
+
     @abc.abstractmethod
     def connect(self) -> None: ...
 

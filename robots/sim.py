@@ -203,10 +203,20 @@ class SimArm(Robot):
 
 
 class SimCamera(ThreadedCamera):
-    """A scene camera of a `SimArm`, rendered at `fps` by a background thread."""
+    """A scene camera of a `SimArm`, rendered at `fps` by a background thread.
+
+    With `depth`, each frame also carries the depth image a depth camera at the same place
+    would see (metres along the optical axis, the far clipping plane where nothing is in view),
+    rendered from the same snapshot as the colour, so the two always show the same instant."""
 
     def __init__(
-        self, arm: SimArm, camera: str = "corner", *, size: int = 84, fps: float = 30.0
+        self,
+        arm: SimArm,
+        camera: str = "corner",
+        *,
+        size: int = 84,
+        fps: float = 30.0,
+        depth: bool = False,
     ) -> None:
         if camera not in CAMERAS:
             raise DriverError(f"unknown camera {camera!r}; the scene has {', '.join(CAMERAS)}")
@@ -214,9 +224,14 @@ class SimCamera(ThreadedCamera):
         self.arm = arm
         self.name = camera
         self.size = int(size)
+        self.depth = bool(depth)
         self._renderer: envs.Renderer | None = None
         self._next = 0.0
         self._index = 0
+
+    @property
+    def has_depth(self) -> bool:
+        return self.depth
 
     @property
     def intrinsics(self) -> CameraIntrinsics:
@@ -253,5 +268,6 @@ class SimCamera(ThreadedCamera):
         if self._renderer is None:  # the GL context belongs to the thread that renders
             self._renderer = envs.Renderer(env.sim.model, self.size, self.size)
         color = self._renderer.render(snapshot, self.name)
+        depth = self._renderer.depth(snapshot, self.name) if self.depth else None
         index, self._index = self._index, self._index + 1
-        return Frame(color=color, timestamp=stamp, index=index)
+        return Frame(color=color, timestamp=stamp, index=index, depth=depth)

@@ -649,7 +649,7 @@ def test_unknown_device_name_is_a_one_line_error():
     with pytest.raises(DriverError) as error:
         make_teleop("joystick")
     assert one_line(error) == (
-        "unknown teleop device 'joystick'; valid names: gamepad, keyboard, spacemouse"
+        "unknown teleop device 'joystick'; valid names: gamepad, keyboard, leader, spacemouse"
     )
     with pytest.raises(DriverError) as error:
         make_teleop("keyboard", speed=2)

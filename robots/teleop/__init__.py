@@ -16,6 +16,7 @@ from typing import Any
 from robots.base import DriverError, Teleop
 from robots.teleop.gamepad import GamepadTeleop
 from robots.teleop.keyboard import KeyboardTeleop
+from robots.teleop.leader import LeaderArmTeleop
 from robots.teleop.spacemouse import SpaceMouseTeleop
 
 __all__ = ["TELEOPS", "GamepadTeleop", "KeyboardTeleop", "SpaceMouseTeleop", "make_teleop"]
@@ -23,6 +24,7 @@ __all__ = ["TELEOPS", "GamepadTeleop", "KeyboardTeleop", "SpaceMouseTeleop", "ma
 TELEOPS: dict[str, type[Teleop]] = {
     "gamepad": GamepadTeleop,
     "keyboard": KeyboardTeleop,
+    "leader": LeaderArmTeleop,
     "spacemouse": SpaceMouseTeleop,
 }
 

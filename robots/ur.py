@@ -1,0 +1,620 @@
+"""Universal Robots arms (e-Series and CB3) through ur_rtde, Universal Robots' RTDE interface
+as SDU Robotics' library speaks it.
+
+ur_rtde uploads a control script to the controller and streams commands to it through RTDE
+registers; state comes back through a second RTDE connection at the controller's rate. This
+driver adds what a recording or a deployed policy needs on top of that:
+
+* one action convention per control mode: "servoL" takes end-effector deltas added to a
+  setpoint the driver keeps (so the commanded pose never drifts with the arm's tracking lag),
+  "servoJ" takes absolute joint targets;
+* stops are seen, not guessed: a protective stop or an emergency stop shows in `observe()`
+  ("safety_mode", `safety_status`) and `command()` refuses with a one-line `DriverError` that
+  says how to clear it, instead of sending into a stopped controller;
+* a controller that goes away raises `ConnectionLost` within `stale_after` seconds, whether the
+  socket closes (power loss, controller restart) or just falls silent (cable pulled);
+* the gripper dimension drives the tool's digital output 0 (a gripper wired to it closes at
+  > 0), sent as a URScript secondary program on port 30002 when it changes. ur_rtde's own
+  RTDEIOInterface is not used for this: once the controller is gone, destroying it throws from
+  a C++ destructor and aborts the whole process, which would lose the session's recording.
+
+`robots.emulators.ur_controller` emulates the controller on a loopback address, so all of this
+runs, through ur_rtde, without an arm (tests/test_ur.py, docs/hardware/ur.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import socket
+import time
+from typing import Any
+
+import numpy as np
+
+from robots.base import ActionSpec, ConnectionLost, DriverError, Robot, vendor_library
+
+__all__ = ["CONTROL_MODES", "ROBOT_MODES", "SAFETY_MODES", "URArm"]
+
+log = logging.getLogger(__name__)
+
+CONTROL_MODES = ("servoL", "servoJ")
+SECONDARY_PORT = 30002
+ROBOT_MODES = {
+    -1: "NO_CONTROLLER",
+    0: "DISCONNECTED",
+    1: "CONFIRM_SAFETY",
+    2: "BOOTING",
+    3: "POWER_OFF",
+    4: "POWER_ON",
+    5: "IDLE",
+    6: "BACKDRIVE",
+    7: "RUNNING",
+    8: "UPDATING_FIRMWARE",
+}
+SAFETY_MODES = {
+    1: "NORMAL",
+    2: "REDUCED",
+    3: "PROTECTIVE_STOP",
+    4: "RECOVERY",
+    5: "SAFEGUARD_STOP",
+    6: "SYSTEM_EMERGENCY_STOP",
+    7: "ROBOT_EMERGENCY_STOP",
+    8: "VIOLATION",
+    9: "FAULT",
+    10: "VALIDATE_JOINT_ID",
+    11: "UNDEFINED_SAFETY_MODE",
+    12: "AUTOMATIC_MODE_SAFEGUARD_STOP",
+    13: "SYSTEM_THREE_POSITION_ENABLING_STOP",
+}
+RUNNING = 7
+MOVABLE_SAFETY = (1, 2)  # NORMAL, REDUCED: the arm accepts motion
+JOINT_RANGE = 2 * math.pi  # UR joints turn ±360°
+
+
+def _rotvec_to_matrix(r: np.ndarray) -> np.ndarray:
+    angle = float(np.linalg.norm(r))
+    if angle < 1e-12:
+        return np.eye(3)
+    k = np.asarray(r, dtype=np.float64) / angle
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + math.sin(angle) * K + (1 - math.cos(angle)) * (K @ K)
+
+
+def _matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
+    cos = max(-1.0, min(1.0, (float(np.trace(R)) - 1.0) / 2.0))
+    angle = math.acos(cos)
+    if angle < 1e-9:
+        return np.zeros(3)
+    if math.pi - angle < 1e-6:
+        M = (R + np.eye(3)) / 2.0
+        axis = np.sqrt(np.clip(np.diag(M), 0.0, None))
+        k = int(np.argmax(axis))
+        for j in range(3):
+            if j != k and M[k, j] < 0:
+                axis[j] = -axis[j]
+        return axis / np.linalg.norm(axis) * angle
+    axis = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    return axis / (2.0 * math.sin(angle)) * angle
+
+
+class URArm(Robot):
+    """A UR arm at `host`, commanded at `hz` through ur_rtde.
+
+    Control modes (`control`):
+
+    * "servoL" (default): action kind "ee_delta", 7 numbers: x, y, z displacement (m) and
+      roll, pitch, yaw rotation-vector increment (rad), base frame, plus the gripper in [-1, 1].
+      Each delta is added to the driver's setpoint (reported as "ee_setpoint"), which is sent
+      with servoL. Per-step bounds are `max_tcp_speed / hz` (m) and `max_tcp_rot_speed / hz`.
+    * "servoJ": action kind "joint_absolute", 7 numbers: the six joint targets (rad) and the
+      gripper.
+
+    `lookahead_time` (0.03-0.2 s) and `gain` (100-2000) shape servoj's tracking: a longer
+    lookahead smooths, a higher gain stiffens. `rtde_frequency` is the RTDE state rate (None:
+    ur_rtde's default, 500 Hz on e-Series, 125 Hz on CB3). `upper_range_registers` moves
+    ur_rtde's command registers from 0-23 to 24-47, for cells whose fieldbus (EtherNet/IP,
+    PROFINET, MODBUS) already uses the lower ones. `gripper`: "tool_do0" drives tool
+    digital output 0 from the gripper dim; None records the dim without driving anything.
+    `stale_after`: seconds without a new controller state before the link counts as lost.
+
+    Observation: "joint_pos", "joint_vel" (6, rad, rad/s), "ee_pos" (3, m, base frame),
+    "ee_rot" (3, rotation vector), "ee_setpoint" (3, m: servoL the driver's setpoint, servoJ
+    the controller's target TCP), "tcp_force" (6, N and Nm), "gripper" (1, last command),
+    "robot_mode" and "safety_mode" (1, the controller's codes: 7 RUNNING; 1 NORMAL,
+    3 PROTECTIVE_STOP, 6/7 emergency stops), "timestamp" (wall clock at the read).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        control: str = "servoL",
+        hz: float = 125.0,
+        lookahead_time: float = 0.1,
+        gain: float = 300.0,
+        max_tcp_speed: float = 0.25,
+        max_tcp_rot_speed: float = 1.0,
+        gripper: str | None = "tool_do0",
+        rtde_frequency: float | None = None,
+        upper_range_registers: bool = False,
+        stale_after: float = 0.5,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if not host:
+            raise DriverError("UR arm: give the controller's address, e.g. ur:192.168.1.10")
+        if control not in CONTROL_MODES:
+            raise DriverError(
+                f"UR arm: unknown control mode {control!r}; use one of {', '.join(CONTROL_MODES)}"
+            )
+        if not 0 < hz <= 500:
+            raise DriverError(f"UR arm: hz must be in (0, 500], got {hz}")
+        if not 0.03 <= lookahead_time <= 0.2:
+            raise DriverError(
+                f"UR arm: lookahead_time must be in [0.03, 0.2] s, got {lookahead_time}"
+            )
+        if not 100 <= gain <= 2000:
+            raise DriverError(f"UR arm: gain must be in [100, 2000], got {gain}")
+        if not (0 < max_tcp_speed <= 1.0 and 0 < max_tcp_rot_speed <= 3.0):
+            raise DriverError(
+                "UR arm: max_tcp_speed must be in (0, 1] m/s and max_tcp_rot_speed in (0, 3] rad/s"
+            )
+        if gripper not in ("tool_do0", None):
+            raise DriverError(f"UR arm: gripper must be 'tool_do0' or null, got {gripper!r}")
+        self.host = host
+        self.name = f"ur:{host}"
+        self.control = control
+        self.hz = float(hz)
+        self.lookahead_time = float(lookahead_time)
+        self.gain = float(gain)
+        self.gripper_output = gripper
+        self.rtde_frequency = rtde_frequency
+        self.upper_range_registers = bool(upper_range_registers)
+        self.stale_after = float(stale_after)
+        self.connect_timeout = float(connect_timeout)
+        self._rtde_c: Any = None
+        self._rtde_r: Any = None
+        self._dashboard: Any = None
+        self._identity: dict[str, Any] = {}
+        self._lost: str | None = None
+        self._last_stamp = -1.0
+        self._last_change = 0.0
+        self._gripper = -1.0
+        self._tool_out: bool | None = None
+        self._sp_pos = np.zeros(3)
+        self._sp_rot = np.eye(3)
+        step, rot = max_tcp_speed / self.hz, max_tcp_rot_speed / self.hz
+        if control == "servoL":
+            self._spec = ActionSpec(
+                kind="ee_delta",
+                names=("x", "y", "z", "roll", "pitch", "yaw", "gripper"),
+                units=("m", "m", "m", "rad", "rad", "rad", "1"),
+                low=np.array([-step] * 3 + [-rot] * 3 + [-1.0]),
+                high=np.array([step] * 3 + [rot] * 3 + [1.0]),
+                frame="base",
+            )
+        else:
+            self._spec = ActionSpec(
+                kind="joint_absolute",
+                names=("base", "shoulder", "elbow", "wrist1", "wrist2", "wrist3", "gripper"),
+                units=("rad",) * 6 + ("1",),
+                low=np.array([-JOINT_RANGE] * 6 + [-1.0]),
+                high=np.array([JOINT_RANGE] * 6 + [1.0]),
+                frame="joint",
+            )
+
+    # --- Robot -----------------------------------------------------------------------------------
+    @property
+    def action_spec(self) -> ActionSpec:
+        return self._spec
+
+    @property
+    def observation_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {
+            "joint_pos": (6,),
+            "joint_vel": (6,),
+            "ee_pos": (3,),
+            "ee_rot": (3,),
+            "ee_setpoint": (3,),
+            "tcp_force": (6,),
+            "gripper": (1,),
+            "robot_mode": (1,),
+            "safety_mode": (1,),
+        }
+
+    @property
+    def fps(self) -> float:
+        return self.hz
+
+    @property
+    def is_connected(self) -> bool:
+        """Connected and not known to be lost."""
+        return self._rtde_c is not None and self._lost is None
+
+    def connect(self) -> None:
+        """Reach the dashboard, then RTDE, then upload ur_rtde's control script. The arm's
+        modes are checked before the script goes up, so a stopped or unpowered arm is reported
+        as such rather than as ur_rtde's timeout waiting for the script."""
+        if self._rtde_c is not None:
+            return
+        rtde_control = vendor_library("rtde_control", "ur", "UR arm")
+        rtde_receive = vendor_library("rtde_receive", "ur", "UR arm")
+        dashboard_client = vendor_library("dashboard_client", "ur", "UR arm")
+        self._lost = None
+        where = f"UR controller at {self.host}"
+        try:
+            dashboard = dashboard_client.DashboardClient(self.host)
+            dashboard.connect(int(self.connect_timeout * 1000))
+        except RuntimeError as e:
+            raise DriverError(
+                f"cannot reach the {where} ({_one_line(e)}): check the cable, the address "
+                "(ping it) and that the controller has booted"
+            ) from None
+        self._dashboard = dashboard
+        try:
+            self._identity = self._read_identity()
+            freq = -1.0 if self.rtde_frequency is None else float(self.rtde_frequency)
+            upper = self.upper_range_registers
+            self._rtde_r = rtde_receive.RTDEReceiveInterface(self.host, freq, [], False, upper)
+            self._wait_state()
+            self._check_ready(action="connect")
+            flags = rtde_control.RTDEControlInterface.Flags
+            mode = int(flags.FLAG_UPLOAD_SCRIPT)
+            if upper:
+                mode |= int(flags.FLAG_UPPER_RANGE_REGISTERS)
+            self._rtde_c = rtde_control.RTDEControlInterface(self.host, freq, mode)
+        except DriverError:
+            self._close_all()
+            raise
+        except RuntimeError as e:  # ur_rtde's own errors, e.g. remote control off
+            self._close_all()
+            message = _one_line(e)
+            if "remote control" in message:
+                raise DriverError(
+                    f"{where} is in local control: switch it to Remote Control on the pendant "
+                    "(top-right icon; enable Remote Control in Settings > System first)"
+                ) from None
+            raise DriverError(f"{where}: {message}") from None
+        self._last_change = time.monotonic()
+        self._reset_setpoint()
+        if self.gripper_output is not None:
+            self._tool_out = None  # unknown until the first command sets it
+
+    def disconnect(self) -> None:
+        """Stop servoing, end the control script, close every connection. Safe twice and after
+        the controller went away (nothing is sent then)."""
+        control, receive, dashboard = self._rtde_c, self._rtde_r, self._dashboard
+        self._rtde_c = self._rtde_r = self._dashboard = None
+        if control is not None and self._lost is None and _alive(control):
+            for stop in (control.servoStop, control.stopScript):
+                try:
+                    stop()
+                except RuntimeError as e:
+                    log.warning("UR arm %s: %s while stopping", self.host, _one_line(e))
+        self._close(control, receive, dashboard)
+
+    def _close_all(self) -> None:
+        control, receive, dashboard = self._rtde_c, self._rtde_r, self._dashboard
+        self._rtde_c = self._rtde_r = self._dashboard = None
+        self._close(control, receive, dashboard)
+
+    @staticmethod
+    def _close(*interfaces: Any) -> None:
+        for interface in interfaces:
+            if interface is not None:
+                with contextlib.suppress(RuntimeError):
+                    interface.disconnect()
+
+    def observe(self) -> dict[str, Any]:
+        r = self._receive()
+        q = np.asarray(r.getActualQ(), dtype=np.float64)
+        qd = np.asarray(r.getActualQd(), dtype=np.float64)
+        tcp = np.asarray(r.getActualTCPPose(), dtype=np.float64)
+        force = np.asarray(r.getActualTCPForce(), dtype=np.float64)
+        robot_mode = int(r.getRobotMode())
+        safety_mode = int(r.getSafetyMode())
+        if self.control == "servoL":
+            setpoint = self._sp_pos.copy()
+        else:
+            setpoint = np.asarray(r.getTargetTCPPose(), dtype=np.float64)[:3]
+        stamp = time.time()
+        self._check_link(r)
+        if q.shape != (6,) or tcp.shape != (6,):
+            raise ConnectionLost(f"UR controller at {self.host} sent no state yet")
+        return {
+            "joint_pos": q,
+            "joint_vel": qd,
+            "ee_pos": tcp[:3].copy(),
+            "ee_rot": tcp[3:].copy(),
+            "ee_setpoint": setpoint,
+            "tcp_force": force,
+            "gripper": np.array([self._gripper]),
+            "robot_mode": np.array([float(robot_mode)]),
+            "safety_mode": np.array([float(safety_mode)]),
+            "timestamp": stamp,
+        }
+
+    def command(self, action: np.ndarray) -> np.ndarray:
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        spec = self._spec
+        if action.shape != (spec.dim,):
+            raise DriverError(
+                f"{self.name}: an action has {spec.dim} numbers ({', '.join(spec.names)}), "
+                f"got {action.size}"
+            )
+        if not np.all(np.isfinite(action)):
+            raise DriverError(f"{self.name}: refusing a non-finite action {action}")
+        control = self._control()
+        self._check_link(self._receive())
+        self._check_ready(action="command")
+        if not control.isProgramRunning():
+            self._restart_script(control)
+        sent = np.clip(action, spec.low, spec.high)
+        if self.control == "servoL":
+            self._sp_pos = self._sp_pos + sent[:3]
+            self._sp_rot = _rotvec_to_matrix(sent[3:6]) @ self._sp_rot
+            target = [*self._sp_pos.tolist(), *_matrix_to_rotvec(self._sp_rot).tolist()]
+            ok = self._vendor(
+                control.servoL, target, 0.0, 0.0, 1.0 / self.hz, self.lookahead_time, self.gain
+            )
+        else:
+            ok = self._vendor(
+                control.servoJ,
+                sent[:6].tolist(),
+                0.0,
+                0.0,
+                1.0 / self.hz,
+                self.lookahead_time,
+                self.gain,
+            )
+        if not ok:
+            # ur_rtde answers False when the script stopped under it: say why.
+            self._check_link(self._receive())
+            self._check_ready(action="command")
+            raise DriverError(
+                f"{self.name}: the controller did not take the {self.control} command (its "
+                "control script is not running); reconnect to upload it again"
+            )
+        self._set_gripper(float(sent[-1]))
+        return sent
+
+    def hold(self) -> np.ndarray:
+        """servoL: no displacement; servoJ: the joints where they are now. Either keeps the
+        gripper as last commanded, since opening it would drop what it holds."""
+        if self.control == "servoL":
+            return np.array([0.0] * 6 + [self._gripper])
+        q = np.asarray(self._receive().getActualQ(), dtype=np.float64)
+        return np.concatenate([q, [self._gripper]])
+
+    def home(self, seed: int | None = None) -> int | None:
+        """A real arm stays where the operator left it; the setpoint restarts from there, so
+        the first delta of an episode is relative to the arm's actual pose."""
+        if self._rtde_c is not None:
+            self._reset_setpoint()
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "robot": self.name,
+            "driver": type(self).__name__,
+            "host": self.host,
+            "control": self.control,
+            "hz": self.hz,
+            **self._identity,
+        }
+
+    def safety_defaults(self) -> dict[str, Any] | None:
+        """None: a real arm's workspace depends on what stands around it, so only the user can
+        give it (configs/robots/ur5e.yaml is a starting point)."""
+        return None
+
+    # --- stops -----------------------------------------------------------------------------------
+    @property
+    def safety_status(self) -> str:
+        """The controller's safety mode by name ("NORMAL", "PROTECTIVE_STOP", ...)."""
+        return SAFETY_MODES.get(int(self._receive().getSafetyMode()), "UNKNOWN")
+
+    @property
+    def robot_status(self) -> str:
+        """The controller's robot mode by name ("RUNNING", "POWER_OFF", ...)."""
+        return ROBOT_MODES.get(int(self._receive().getRobotMode()), "UNKNOWN")
+
+    def recover(self, timeout: float = 10.0) -> None:
+        """Clear a protective stop, or bring the arm back after a released emergency stop
+        (power on, brake release), through the dashboard server, then restart the control
+        script. The cause of the stop must have been dealt with first: this only does what
+        the pendant's buttons would."""
+        dashboard, control = self._dashboard, self._control()
+        r = self._receive()
+        try:
+            dashboard.closeSafetyPopup()
+            safety = int(r.getSafetyMode())
+            if safety == 3:
+                answer = dashboard.unlockProtectiveStop()
+                if not self._wait(lambda: int(r.getSafetyMode()) in MOVABLE_SAFETY, 1.0):
+                    raise DriverError(
+                        f"{self.name}: the controller did not unlock the protective stop"
+                        + (f" ({answer})" if answer else "")
+                        + "; e-Series arms allow it 5 s after the stop, try again"
+                    )
+            elif safety not in MOVABLE_SAFETY:
+                raise DriverError(
+                    f"{self.name}: safety mode {SAFETY_MODES.get(safety, safety)} cannot be "
+                    "cleared from here: release the emergency stop button (or clear the fault) "
+                    "and confirm on the pendant, then call recover() again"
+                )
+            if int(r.getRobotMode()) != RUNNING:
+                dashboard.powerOn()
+                self._wait(lambda: int(r.getRobotMode()) in (4, 5, RUNNING), timeout)
+                dashboard.brakeRelease()
+                if not self._wait(lambda: int(r.getRobotMode()) == RUNNING, timeout):
+                    raise DriverError(
+                        f"{self.name}: the arm did not reach RUNNING (it is "
+                        f"{ROBOT_MODES.get(int(r.getRobotMode()), '?')}); power it on and "
+                        "release the brakes on the pendant"
+                    )
+        except RuntimeError as e:
+            self._check_link(r)
+            raise DriverError(f"{self.name}: dashboard: {_one_line(e)}") from None
+        if control.isProgramRunning():
+            self._reset_setpoint()
+        else:
+            self._restart_script(control)
+
+    # --- internals -------------------------------------------------------------------------------
+    def _receive(self) -> Any:
+        if self._lost is not None:
+            raise ConnectionLost(self._lost)
+        if self._rtde_r is None:
+            raise DriverError(f"{self.name} is not connected; call connect() or use `with`")
+        return self._rtde_r
+
+    def _control(self) -> Any:
+        if self._lost is not None:
+            raise ConnectionLost(self._lost)
+        if self._rtde_c is None:
+            raise DriverError(f"{self.name} is not connected; call connect() or use `with`")
+        return self._rtde_c
+
+    def _lose(self, why: str) -> ConnectionLost:
+        self._lost = (
+            f"lost the UR controller at {self.host} ({why}): check its power and network cable, "
+            "then reconnect"
+        )
+        return ConnectionLost(self._lost)
+
+    def _check_link(self, r: Any) -> None:
+        """Raise ConnectionLost once the RTDE link is closed or its state stopped changing."""
+        if not r.isConnected() or (self._rtde_c is not None and not self._rtde_c.isConnected()):
+            raise self._lose("connection closed")
+        stamp = float(r.getTimestamp())
+        now = time.monotonic()
+        if stamp != self._last_stamp:
+            self._last_stamp, self._last_change = stamp, now
+        elif now - self._last_change > self.stale_after:
+            raise self._lose(f"no state for {now - self._last_change:.1f} s")
+
+    def _check_ready(self, action: str) -> None:
+        r = self._receive()
+        safety = int(r.getSafetyMode())
+        robot = int(r.getRobotMode())
+        then = "then reconnect" if action == "connect" else "then call recover() or reconnect"
+        if safety == 3:
+            raise DriverError(
+                "UR protective stop: remove its cause, clear it on the pendant or with the "
+                f"dashboard's 'unlock protective stop', {then}"
+            )
+        if safety in (6, 7):
+            raise DriverError(
+                f"UR emergency stop ({SAFETY_MODES[safety]}): release the e-stop button, confirm "
+                f"on the pendant, power on and release the brakes, {then}"
+            )
+        if safety not in MOVABLE_SAFETY:
+            raise DriverError(
+                f"UR safety mode {SAFETY_MODES.get(safety, safety)}: the arm cannot move; clear "
+                f"it on the pendant, {then}"
+            )
+        if robot != RUNNING:
+            raise DriverError(
+                f"UR arm is {ROBOT_MODES.get(robot, robot)}, not RUNNING: power it on and release "
+                f"the brakes (pendant, or dashboard 'power on' + 'brake release'), {then}"
+            )
+
+    def _vendor(self, call: Any, *args: Any) -> bool:
+        """A ur_rtde call; its exceptions (a reconnect that failed, a closed socket) become
+        ConnectionLost or a one-line DriverError."""
+        try:
+            return bool(call(*args))
+        except RuntimeError as e:
+            r = self._rtde_r
+            if r is None or not r.isConnected() or not self._rtde_c.isConnected():
+                raise self._lose(_one_line(e)) from None
+            raise DriverError(f"{self.name}: {_one_line(e)}") from None
+
+    def _restart_script(self, control: Any) -> None:
+        """Upload the control script again (a stop ends it) and restart the setpoint from the
+        arm's actual pose, so nothing jumps to where the arm was before the stop."""
+        log.warning("UR arm %s: control script not running, uploading it again", self.host)
+        self._vendor(control.reuploadScript)
+        if not self._wait(control.isProgramRunning, 5.0):
+            raise DriverError(
+                f"{self.name}: the control script did not start; check the pendant for a popup "
+                "and that the arm is in Remote Control"
+            )
+        self._reset_setpoint()
+
+    def _reset_setpoint(self) -> None:
+        tcp = np.asarray(self._receive().getActualTCPPose(), dtype=np.float64)
+        if tcp.shape == (6,):
+            self._sp_pos = tcp[:3].copy()
+            self._sp_rot = _rotvec_to_matrix(tcp[3:])
+
+    def _wait_state(self) -> None:
+        """Until the receive interface has a first state (ur_rtde fills it asynchronously)."""
+        r = self._rtde_r
+        if not self._wait(lambda: len(r.getActualQ()) == 6 and r.getTimestamp() > 0, 5.0):
+            raise DriverError(f"UR controller at {self.host} sends no RTDE state")
+
+    @staticmethod
+    def _wait(condition: Any, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if condition():
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+
+    def _read_identity(self) -> dict[str, Any]:
+        """Controller version, serial number and model, from the dashboard (the last two exist
+        from PolyScope 5.6; older controllers leave them out)."""
+        from importlib import metadata
+
+        out: dict[str, Any] = {}
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out["ur_rtde"] = metadata.version("ur_rtde")
+        d = self._dashboard
+        for key, call in (
+            ("controller_version", d.polyscopeVersion),
+            ("serial", d.getSerialNumber),
+            ("model", d.getRobotModel),
+        ):
+            try:
+                value = str(call()).strip()
+            except RuntimeError:
+                continue
+            if value:
+                out[key] = value
+        return out
+
+    def _set_gripper(self, value: float) -> None:
+        """Tool digital output 0 follows the gripper dim (> 0 closes), sent only on change as
+        a secondary program, which runs beside the control script without interrupting it."""
+        self._gripper = value
+        if self.gripper_output is None:
+            return
+        closed = value > 0.0
+        if closed == self._tool_out:
+            return
+        script = (
+            f"sec il_gripper():\n  set_tool_digital_out(0, {'True' if closed else 'False'})\nend\n"
+        )
+        try:
+            with socket.create_connection((self.host, SECONDARY_PORT), timeout=0.5) as s:
+                s.sendall(script.encode())
+        except OSError as e:
+            raise self._lose(f"secondary interface: {e}") from None
+        self._tool_out = closed
+
+
+def _alive(control: Any) -> bool:
+    try:
+        return bool(control.isConnected())
+    except RuntimeError:
+        return False
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
