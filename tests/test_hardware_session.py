@@ -1,0 +1,400 @@
+"""`il record`, `il replay`, `il train` and `il deploy` end to end on emulated hardware, each
+device driven through its vendor's library: a Koch arm and its leader on emulated Dynamixel
+buses (dynamixel-sdk over pseudo-terminals), and a UR arm (ur-rtde against the loopback
+controller emulator) with a RealSense camera playing a recording back through pyrealsense2.
+Also what a user sees when an arm's link is lost mid-episode: one line, a stopped loop and a
+store that keeps every whole episode."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("dynamixel_sdk")
+pytest.importorskip("rtde_control")
+pytest.importorskip("pyrealsense2")
+
+from test_servo_arm import KOCH, KOCH_LEADER, MIDDLE, TICKS_PER_DEG, _calibrate
+
+from il.data.store import DemoStore
+from robots.emulators.realsense_recording import write_recording
+from robots.emulators.servo_bus import ServoBusEmulator
+from robots.emulators.ur_controller import URControllerEmulator
+from robots.servo_arm import HALF_TURN
+
+IL = [sys.executable, "-m", "il.cli"]
+
+
+def il(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*IL, *args], capture_output=True, text=True, timeout=300)
+    if ok and proc.returncode != 0:
+        raise AssertionError(f"il {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def one_line_error(proc: subprocess.CompletedProcess | subprocess.Popen, stderr: str) -> str:
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def train_on(store: Path, out: Path, *obs: str) -> None:
+    il(
+        "train",
+        "--policy",
+        "bc",
+        "--data",
+        str(store),
+        "--out",
+        str(out),
+        "train.steps=30",
+        "data.only_success=false",
+        f"data.obs=[{','.join(obs)}]",
+    )
+
+
+# --------------------------------------------------------------------------- servo arm
+class Koch:
+    """A Koch follower and its leader on emulated buses, calibrated, with their configs; a
+    person who moves the leader's elbow while `moving` is set."""
+
+    def __init__(self, follower: ServoBusEmulator, leader: ServoBusEmulator, tmp: Path) -> None:
+        self.follower, self.leader = follower, leader
+        _calibrate(follower, "dynamixel", "koch", tmp / "koch.json")
+        _calibrate(leader, "dynamixel", "koch_leader", tmp / "koch_leader.json")
+        self.robot = tmp / "koch.yaml"
+        self.robot.write_text(
+            yaml.safe_dump(
+                {
+                    "robot": f"dynamixel:{follower.port}",
+                    "hz": 30,
+                    "options": {
+                        "model": "koch",
+                        "calibration": str(tmp / "koch.json"),
+                        "timeout_ms": 300,
+                    },
+                }
+            )
+        )
+        self.teleop = tmp / "leader.yaml"
+        self.teleop.write_text(
+            yaml.safe_dump(
+                {
+                    "port": leader.port,
+                    "calibration": str(tmp / "koch_leader.json"),
+                    "timeout_ms": 300,
+                }
+            )
+        )
+        self.moving = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._person, daemon=True)
+        self._thread.start()
+
+    def _person(self) -> None:
+        t = 0.0
+        while not self._stop.wait(0.02):
+            if self.moving.is_set():
+                t += 0.02
+                self.leader.set_position(3, MIDDLE[3] + 25 * TICKS_PER_DEG * math.sin(3 * t))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def koch(tmp_path: Path) -> Iterator[Koch]:
+    with (
+        ServoBusEmulator("dynamixel", KOCH) as follower,
+        ServoBusEmulator("dynamixel", KOCH_LEADER) as leader,
+    ):
+        arms = Koch(follower, leader, tmp_path)
+        try:
+            yield arms
+        finally:
+            arms.close()
+
+
+def test_servo_arm_records_with_its_leader_replays_and_deploys(koch: Koch, tmp_path: Path):
+    store = tmp_path / "koch.zarr"
+    koch.moving.set()
+    proc = il(
+        "record",
+        "--robot",
+        str(koch.robot),
+        "--teleop",
+        str(koch.teleop),
+        "--out",
+        str(store),
+        "--episodes",
+        "2",
+        "--max-episode-steps",
+        "30",
+    )
+    koch.moving.clear()
+    assert "2 episodes saved" in proc.stdout
+    with DemoStore.open(store) as s:
+        assert s.num_episodes == 2 and s.schema.action["type"] == "joint_absolute"
+        assert s.schema.action["units"][:5] == ["deg"] * 5
+        ep = s.read_episode(1)
+        elbow = ep["action"][:, 2]
+        assert elbow.max() - elbow.min() > 10  # the follower was sent the leader's elbow
+        # and the follower's reading trails the command it was sent
+        assert np.abs(ep["obs/joint_pos"][1:, 2] - ep["action"][:-1, 2]).max() < 15
+        assert np.all(np.diff(ep["time/step"]) > 0)
+        last = ep["action"][-1]
+
+    proc = il("replay", str(store), "--episode", "1", "--robot", str(koch.robot))
+    assert "30 steps" in proc.stdout
+    want = koch.follower.goal(3)  # elbow_flex: the replay's last command holds
+    # (calibration put the middle pose at half a turn)
+    assert abs(want - (HALF_TURN + last[2] * TICKS_PER_DEG)) < 5 * TICKS_PER_DEG
+
+    run = tmp_path / "run"
+    train_on(store, run, "obs/joint_pos")
+    deployed = tmp_path / "deploy.zarr"
+    proc = subprocess.Popen(
+        [
+            *IL,
+            "deploy",
+            "--checkpoint",
+            str(run),
+            "--robot",
+            str(koch.robot),
+            "--teleop",
+            str(koch.teleop),
+            "--record",
+            str(deployed),
+            "--episodes",
+            "1",
+            "--max-episode-steps",
+            "90",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: (deployed / "zarr.json").exists() or proc.poll() is not None)
+        time.sleep(0.5)
+        koch.moving.set()  # the operator grabs the leader for a moment, then lets go
+        time.sleep(0.7)
+        koch.moving.clear()
+        _stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    with DemoStore.open(deployed) as s:
+        ep = s.read_episode(0)
+        assert s.episode_meta()["source"][0] == "intervention"
+    marked = ep["intervention"]
+    assert 0 < marked.sum() < len(marked)
+    assert not marked[0] and not marked[-1]  # the policy before and after the operator
+
+
+@pytest.mark.parametrize("choice", ["keep", "discard"])
+def test_unplugged_servo_arm_stops_with_one_line_and_a_whole_store(
+    koch: Koch, tmp_path: Path, choice: str
+):
+    store = tmp_path / "koch.zarr"
+    koch.moving.set()
+    proc = subprocess.Popen(
+        [
+            *IL,
+            "record",
+            "--robot",
+            str(koch.robot),
+            "--teleop",
+            str(koch.teleop),
+            "--out",
+            str(store),
+            "--max-episode-steps",
+            "20",
+            "--on-disconnect",
+            choice,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Wait for the first saved episode, then pull the cable during the next.
+        def saved() -> int:
+            try:
+                with DemoStore.open(store) as s:
+                    return s.num_episodes
+            except Exception:
+                return 0
+
+        wait_for(lambda: saved() >= 1 or proc.poll() is not None)
+        time.sleep(0.3)
+        koch.follower.unplug()
+        _stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    line = one_line_error(proc, stderr)
+    assert "is gone" in line
+    with DemoStore.open(store) as s:  # readable, whole
+        n = s.num_episodes
+        steps = [len(s.read_episode(i)["action"]) for i in range(n)]
+        success = list(s.episode_meta()["success"])
+    if choice == "keep":
+        assert "was kept" in line and n >= 2
+        assert steps[:-1] == [20] * (n - 1) and 0 < steps[-1] < 20 and not success[-1]
+    else:
+        assert "was discarded" in line and steps == [20] * n
+
+
+# --------------------------------------------------------------------------- UR + RealSense
+@pytest.fixture
+def ur(tmp_path: Path) -> Iterator[tuple[URControllerEmulator, Path, str]]:
+    """An emulated UR5e, a RealSense recording, and the setup YAML naming both."""
+    recording = tmp_path / "d435.db3"
+    write_recording(recording, frames=30, width=64, height=48, fps=30)
+    camera = f"realsense:{recording}"
+    with URControllerEmulator() as controller:
+        setup = yaml.safe_load(
+            (Path(__file__).resolve().parents[1] / "configs/robots/ur5e.yaml").read_text()
+        )
+        setup["robot"] = f"ur:{controller.host}"
+        setup["cameras"] = [{"name": camera, "size": 32, "loop": True, "label": "wrist"}]
+        path = tmp_path / "ur.yaml"
+        path.write_text(yaml.safe_dump(setup))
+        yield controller, path, camera
+
+
+def test_ur_with_realsense_records_from_the_keyboard_replays_and_deploys(ur, tmp_path):
+    from test_teleop import start_xvfb, stop_xvfb, xdotool
+
+    controller, setup, _ = ur
+    start = controller.state()
+    store = tmp_path / "ur.zarr"
+    xvfb, display = start_xvfb("+extension", "RECORD")
+    proc = subprocess.Popen(
+        [
+            *IL,
+            "record",
+            "--robot",
+            str(setup),
+            "--teleop",
+            "keyboard",
+            "--out",
+            str(store),
+            "--episodes",
+            "1",
+        ],
+        env={**os.environ, "DISPLAY": display},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: (store / "zarr.json").exists() or proc.poll() is not None)
+        time.sleep(1.5)  # the key listener starts after the store is opened
+        xdotool(display, "key", "Return")  # start
+        time.sleep(0.3)
+        xdotool(display, "keydown", "w")  # +x while held
+        time.sleep(0.8)
+        xdotool(display, "keyup", "w")
+        xdotool(display, "key", "Return")  # stop and save
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop_xvfb(xvfb)
+    assert proc.returncode == 0, stderr
+    with DemoStore.open(store) as s:
+        assert s.schema.action["type"] == "ee_delta" and s.schema.fps == 125
+        ep = s.read_episode(0)
+        moved = ep["obs/ee_pos"][-1, 0] - ep["obs/ee_pos"][0, 0]
+        assert moved > 0.02  # the tool went +x while w was held
+        images = ep["obs/image/wrist"]
+        assert images.shape[1:] == (32, 32, 3) and images.std() > 0
+        # every frame was captured before the step that stored it
+        assert np.all(ep["time/image/wrist"] <= ep["time/robot"] + 1e-3)
+        assert s.schema.source["safety"]["max_speed"] == 0.25
+    after_record = controller.state()
+    assert after_record["tcp"][0] - start["tcp"][0] > 0.02
+
+    proc = il("replay", str(store), "--episode", "0", "--robot", str(setup))
+    assert f"{len(ep['action'])} steps" in proc.stdout
+    assert controller.state()["tcp"][0] - after_record["tcp"][0] > 0.02  # moved +x again
+
+    run = tmp_path / "run"
+    train_on(store, run, "obs/joint_pos", "obs/image/wrist")
+    deployed = tmp_path / "deploy.zarr"
+    proc = il(
+        "deploy",
+        "--checkpoint",
+        str(run),
+        "--robot",
+        str(setup),
+        "--record",
+        str(deployed),
+        "--max-episode-steps",
+        "60",
+    )
+    assert "1 episodes saved" in proc.stdout
+    with DemoStore.open(deployed) as s:
+        ep = s.read_episode(0)
+        assert len(ep["action"]) == 60 and s.episode_meta()["source"][0] == "policy"
+        assert np.all(np.abs(ep["action"][:, :3]) <= 0.002 + 1e-9)  # inside the arm's bounds
+
+    # The controller goes away mid-episode: one line, the loop stops, the steps so far kept.
+    proc = subprocess.Popen(
+        [
+            *IL,
+            "deploy",
+            "--checkpoint",
+            str(run),
+            "--robot",
+            str(setup),
+            "--record",
+            str(deployed),
+            "--max-episode-steps",
+            "100000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def commands() -> int:
+            return sum(controller.state()["commands"].values())
+
+        count = commands()
+        wait_for(lambda: commands() > count + 100 or proc.poll() is not None)
+        controller.kill()
+        _stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    line = one_line_error(proc, stderr)
+    assert "was kept" in line, line
+    with DemoStore.open(deployed) as s:
+        assert s.num_episodes == 2
+        kept = s.read_episode(1)
+        assert len(kept["action"]) > 5 and not s.episode_meta()["success"][1]
