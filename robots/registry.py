@@ -10,9 +10,10 @@ and the setup's `options` as keywords:
 | `dynamixel:<port>` | `robots.servo_arm.ServoArm` | serial port of a Dynamixel bus (Koch, ALOHA) |
 | `feetech:<port>` | `robots.servo_arm.ServoArm` | serial port of a Feetech bus (SO-100/101) |
 
-Cameras: `realsense:<serial or .bag file>`, `opencv:<index, device or video file>`; any other
-name is one of a simulated arm's scene cameras (`corner`, `topview`, ...). Backends are
-imported only when named, so a missing hardware library is an error only for its own device.
+Cameras: `realsense:<serial or recording (.db3, .bag)>`, `opencv:<index, device or video
+file>`; any other name is one of a simulated arm's scene cameras (`corner`, `topview`, ...).
+Backends are imported only when named, so a missing hardware library is an error only for its
+own device.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def make_camera(robot: Robot, name: str, **options: Any) -> Camera:
         return robot.camera(name, **options)
     raise DriverError(
         f"unknown camera {name!r} for robot {robot.name}; names look like "
-        "realsense:<serial or file.bag>, opencv:<index or /dev/videoN>"
+        "realsense:<serial or recording.db3>, opencv:<index, /dev/videoN or video file>"
     )
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from robots.base import ActionSpec, ConnectionLost, DriverError, Robot, vendor_library
+from robots.rotations import matrix_from_rotvec, rotvec_from_matrix
 
 __all__ = ["CONTROL_MODES", "ROBOT_MODES", "SAFETY_MODES", "URArm"]
 
@@ -71,32 +72,6 @@ SAFETY_MODES = {
 RUNNING = 7
 MOVABLE_SAFETY = (1, 2)  # NORMAL, REDUCED: the arm accepts motion
 JOINT_RANGE = 2 * math.pi  # UR joints turn ±360°
-
-
-def _rotvec_to_matrix(r: np.ndarray) -> np.ndarray:
-    angle = float(np.linalg.norm(r))
-    if angle < 1e-12:
-        return np.eye(3)
-    k = np.asarray(r, dtype=np.float64) / angle
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(angle) * K + (1 - math.cos(angle)) * (K @ K)
-
-
-def _matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
-    cos = max(-1.0, min(1.0, (float(np.trace(R)) - 1.0) / 2.0))
-    angle = math.acos(cos)
-    if angle < 1e-9:
-        return np.zeros(3)
-    if math.pi - angle < 1e-6:
-        M = (R + np.eye(3)) / 2.0
-        axis = np.sqrt(np.clip(np.diag(M), 0.0, None))
-        k = int(np.argmax(axis))
-        for j in range(3):
-            if j != k and M[k, j] < 0:
-                axis[j] = -axis[j]
-        return axis / np.linalg.norm(axis) * angle
-    axis = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
-    return axis / (2.0 * math.sin(angle)) * angle
 
 
 class URArm(Robot):
@@ -353,8 +328,8 @@ class URArm(Robot):
         sent = np.clip(action, spec.low, spec.high)
         if self.control == "servoL":
             self._sp_pos = self._sp_pos + sent[:3]
-            self._sp_rot = _rotvec_to_matrix(sent[3:6]) @ self._sp_rot
-            target = [*self._sp_pos.tolist(), *_matrix_to_rotvec(self._sp_rot).tolist()]
+            self._sp_rot = matrix_from_rotvec(sent[3:6]) @ self._sp_rot
+            target = [*self._sp_pos.tolist(), *rotvec_from_matrix(self._sp_rot).tolist()]
             ok = self._vendor(
                 control.servoL, target, 0.0, 0.0, 1.0 / self.hz, self.lookahead_time, self.gain
             )
@@ -548,7 +523,7 @@ class URArm(Robot):
         tcp = np.asarray(self._receive().getActualTCPPose(), dtype=np.float64)
         if tcp.shape == (6,):
             self._sp_pos = tcp[:3].copy()
-            self._sp_rot = _rotvec_to_matrix(tcp[3:])
+            self._sp_rot = matrix_from_rotvec(tcp[3:])
 
     def _wait_state(self) -> None:
         """Until the receive interface has a first state (ur_rtde fills it asynchronously)."""
