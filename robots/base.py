@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import abc
 import enum
+import re
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,9 @@ __all__ = [
     "TeleopEvent",
     "TeleopState",
     "ThreadedCamera",
+    "camera_name",
+    "square_crop",
+    "square_intrinsics",
     "teleop_action",
     "to_robot_action",
     "vendor_library",
@@ -170,6 +175,21 @@ class Robot(abc.ABC):
             return action
         raise NotImplementedError(f"{type(self).__name__} must say how to hold an absolute command")
 
+    def checked_action(self, action: np.ndarray) -> np.ndarray:
+        """`action` as a flat float array, or a one-line `DriverError`: a command of the wrong
+        size or with a non-finite value never reaches a device, even from a caller that skipped
+        the safety filter. Drivers call it first thing in `command`."""
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        spec = self.action_spec
+        if action.shape != (spec.dim,):
+            raise DriverError(
+                f"{self.name}: an action has {spec.dim} numbers ({', '.join(spec.names)}), "
+                f"got {action.size}"
+            )
+        if not np.all(np.isfinite(action)):
+            raise DriverError(f"{self.name}: refusing a non-finite action {action.tolist()}")
+        return action
+
     def identity(self) -> dict[str, Any]:
         """What produced the data, stored with every recording (driver, model, serial)."""
         return {"robot": self.name, "driver": type(self).__name__}
@@ -201,6 +221,35 @@ class CameraIntrinsics:
 
     def matrix(self) -> np.ndarray:
         return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1]])
+
+
+def camera_name(prefix: str, source: str) -> str:
+    """A name usable as a dataset key (`obs/image/<name>`): letters, digits and `_` only, so a
+    device path or a file name does not turn into nested keys."""
+    stem = Path(source).stem if ("/" in source or "." in source) else source
+    return f"{prefix}_{re.sub(r'[^A-Za-z0-9_]+', '_', stem).strip('_') or 'camera'}"
+
+
+def square_crop(width: int, height: int) -> tuple[int, int, int]:
+    """The centred square `(x0, y0, side)` that `size` crops to before resizing: policies take
+    square images, and cropping keeps the pixels' aspect ratio where stretching would not."""
+    side = min(width, height)
+    return (width - side) // 2, (height - side) // 2, side
+
+
+def square_intrinsics(k: CameraIntrinsics, size: int) -> CameraIntrinsics:
+    """`k` after the centred square crop and the resize to `size` x `size` (pixel centres
+    at integer coordinates, as librealsense and OpenCV use)."""
+    x0, y0, side = square_crop(k.width, k.height)
+    s = size / side
+    return CameraIntrinsics(
+        width=size,
+        height=size,
+        fx=k.fx * s,
+        fy=k.fy * s,
+        cx=(k.cx - x0 + 0.5) * s - 0.5,
+        cy=(k.cy - y0 + 0.5) * s - 0.5,
+    )
 
 
 @dataclass(frozen=True)

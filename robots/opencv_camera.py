@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import glob
 import math
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,39 +33,13 @@ from robots.base import (
     DriverError,
     Frame,
     ThreadedCamera,
+    camera_name,
+    square_crop,
+    square_intrinsics,
     vendor_library,
 )
 
-__all__ = ["OpenCVCamera", "camera_name", "square_crop", "square_intrinsics"]
-
-
-def camera_name(prefix: str, source: str) -> str:
-    """A name usable as a dataset key (`obs/image/<name>`): letters, digits and `_` only, so a
-    device path or a file name does not turn into nested keys."""
-    stem = Path(source).stem if ("/" in source or "." in source) else source
-    return f"{prefix}_{re.sub(r'[^A-Za-z0-9_]+', '_', stem).strip('_') or 'camera'}"
-
-
-def square_crop(width: int, height: int) -> tuple[int, int, int]:
-    """The centred square `(x0, y0, side)` that `size` crops to before resizing: policies take
-    square images, and cropping keeps the pixels' aspect ratio where stretching would not."""
-    side = min(width, height)
-    return (width - side) // 2, (height - side) // 2, side
-
-
-def square_intrinsics(k: CameraIntrinsics, size: int) -> CameraIntrinsics:
-    """`k` after the centred square crop and the resize to `size` x `size` (pixel centres
-    at integer coordinates, as librealsense and OpenCV use)."""
-    x0, y0, side = square_crop(k.width, k.height)
-    s = size / side
-    return CameraIntrinsics(
-        width=size,
-        height=size,
-        fx=k.fx * s,
-        fy=k.fy * s,
-        cx=(k.cx - x0 + 0.5) * s - 0.5,
-        cy=(k.cy - y0 + 0.5) * s - 0.5,
-    )
+__all__ = ["OpenCVCamera"]
 
 
 def pinhole_guess(width: int, height: int, hfov_deg: float) -> CameraIntrinsics:

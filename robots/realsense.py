@@ -42,9 +42,11 @@ from robots.base import (
     DriverError,
     Frame,
     ThreadedCamera,
+    camera_name,
+    square_crop,
+    square_intrinsics,
     vendor_library,
 )
-from robots.opencv_camera import camera_name, square_crop, square_intrinsics
 
 __all__ = ["RealSenseCamera", "RealSenseFrame"]
 

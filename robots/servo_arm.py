@@ -1032,15 +1032,8 @@ class ServoArm(Robot):
             return self._latest.copy()
 
     def command(self, action: np.ndarray) -> np.ndarray:
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        action = self.checked_action(action)
         spec = self.action_spec
-        if action.shape != (spec.dim,):
-            raise DriverError(
-                f"{self.name}: an action has {spec.dim} numbers ({', '.join(spec.names)}), got "
-                f"{action.size}"
-            )
-        if not np.all(np.isfinite(action)):
-            raise DriverError(f"{self.name}: refusing a non-finite action {action.tolist()}")
         sent = np.clip(action, spec.low, spec.high)
         with self._lock:
             self._require()

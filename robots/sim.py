@@ -169,13 +169,7 @@ class SimArm(Robot):
         }
 
     def command(self, action: np.ndarray) -> np.ndarray:
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
-        if action.shape != (4,):
-            raise DriverError(
-                f"{self.name}: an action has 4 numbers (x, y, z, gripper), got {action.shape}"
-            )
-        if not np.all(np.isfinite(action)):
-            raise DriverError(f"{self.name}: refusing a non-finite action {action}")
+        action = self.checked_action(action)
         sent = np.clip(action, self._spec.low, self._spec.high)
         with self.lock:
             env = self.env

@@ -311,15 +311,8 @@ class URArm(Robot):
         }
 
     def command(self, action: np.ndarray) -> np.ndarray:
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        action = self.checked_action(action)
         spec = self._spec
-        if action.shape != (spec.dim,):
-            raise DriverError(
-                f"{self.name}: an action has {spec.dim} numbers ({', '.join(spec.names)}), "
-                f"got {action.size}"
-            )
-        if not np.all(np.isfinite(action)):
-            raise DriverError(f"{self.name}: refusing a non-finite action {action}")
         control = self._control()
         self._check_link(self._receive())
         self._check_ready(action="command")

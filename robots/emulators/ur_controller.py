@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from robots.rotations import matrix_from_rotvec, rotvec_from_matrix
+from robots.ur import ROBOT_MODES, SAFETY_MODES
 
 __all__ = [
     "DASHBOARD_PORT",
@@ -331,29 +332,8 @@ def _recv_exact(sock: socket.socket, n: int, stop: threading.Event) -> bytes | N
 
 
 # --- The controller -----------------------------------------------------------------------------
-# Robot modes, safety modes and runtime states as RTDE and the dashboard report them.
-ROBOT_MODES = {
-    -1: "NO_CONTROLLER",
-    0: "DISCONNECTED",
-    1: "CONFIRM_SAFETY",
-    2: "BOOTING",
-    3: "POWER_OFF",
-    4: "POWER_ON",
-    5: "IDLE",
-    6: "BACKDRIVE",
-    7: "RUNNING",
-}
-SAFETY_MODES = {
-    1: "NORMAL",
-    2: "REDUCED",
-    3: "PROTECTIVE_STOP",
-    4: "RECOVERY",
-    5: "SAFEGUARD_STOP",
-    6: "SYSTEM_EMERGENCY_STOP",
-    7: "ROBOT_EMERGENCY_STOP",
-    8: "VIOLATION",
-    9: "FAULT",
-}
+# Robot modes, safety modes and runtime states as RTDE and the dashboard report them (their
+# names: robots.ur.ROBOT_MODES / SAFETY_MODES, shared with the driver).
 POWER_OFF, IDLE, RUNNING = 3, 5, 7
 NORMAL, PROTECTIVE_STOP, ROBOT_EMERGENCY_STOP = 1, 3, 7
 STOPPED, PLAYING = 1, 2
