@@ -59,6 +59,8 @@ class RecordSpec:
     """Steps kept after the first success; None records the full episode."""
     sim_state_size: int = 0
     """Length of the stored sim state: the largest over the suite's tasks."""
+    action_noise: float = 0.0
+    """Standard deviation of Gaussian noise added to the executed action (0: none)."""
 
 
 def expert_schema(suite: Suite, spec: RecordSpec) -> StoreSchema:
@@ -78,9 +80,20 @@ def expert_schema(suite: Suite, spec: RecordSpec) -> StoreSchema:
             keys[f"obs/{key}"] = KeySpec(
                 (spec.image_size, spec.image_size, 3), "uint8", f"RGB from camera {camera}"
             )
-    keys["action"] = KeySpec(
-        (4,), "float32", "expert action as executed, clipped to [-1, 1] (see attrs action)"
-    )
+    if spec.action_noise > 0:
+        keys["action"] = KeySpec(
+            (4,), "float32", "expert action, clipped to [-1, 1]: the label to imitate"
+        )
+        keys["executed_action"] = KeySpec(
+            (4,),
+            "float32",
+            f"action the env executed: the expert's plus Gaussian noise (std "
+            f"{spec.action_noise:g}), clipped to [-1, 1]",
+        )
+    else:
+        keys["action"] = KeySpec(
+            (4,), "float32", "expert action as executed, clipped to [-1, 1] (see attrs action)"
+        )
     keys["reward"] = KeySpec((), "float32", "Meta-World v3 dense reward after the action")
     keys["success"] = KeySpec((), "bool", "task solved after the action")
     for key, (shape, dtype, text) in PROCEDURE_KEYS.items():
@@ -103,6 +116,7 @@ def expert_schema(suite: Suite, spec: RecordSpec) -> StoreSchema:
         "image_size": spec.image_size,
         "max_episode_steps": spec.max_episode_steps,
         "steps_after_success": spec.steps_after_success,
+        "action_noise": spec.action_noise,
         "metaworld_version": metaworld.__dict__.get("__version__", _dist_version("metaworld")),
         "mujoco_version": mujoco.__version__,
         "phases": phases,
@@ -146,6 +160,8 @@ def rollout_expert(
     def put(key: str, value: Any) -> None:
         steps.setdefault(key, []).append(np.asarray(value))
 
+    # Noise seeded by the episode, so a re-recorded episode is the same episode.
+    rng = np.random.default_rng([seed, task.index, 7])
     success_at: int | None = None
     for t in range(spec.max_episode_steps):
         command, procedure = expert.act(obs["state"])
@@ -157,6 +173,14 @@ def rollout_expert(
             put(f"obs/{key}", obs[key])
         put("sim_state", _padded(env.get_sim_state(), spec.sim_state_size))
         put("action", action)
+        if spec.action_noise > 0:
+            # DART (Laskey et al. 2017): execute a perturbed action so the demonstrations visit
+            # the states a learner drifts into, but keep the expert's own action as the label,
+            # which shows how to come back.
+            noise = rng.normal(0.0, spec.action_noise, action.shape)
+            action = np.clip(action + noise, env.action_space.low, env.action_space.high)
+            action = action.astype(np.float32)
+            put("executed_action", action)
         for name, value in procedure.as_arrays().items():
             put(f"procedure/{name}", value)
         obs, reward, terminated, truncated, info = env.step(action)
@@ -217,6 +241,7 @@ def record_expert(
     only_success: bool = False,
     workers: int = 1,
     seed: int = 0,
+    action_noise: float = 0.0,
     on_episode: Callable[[str, bool], None] | None = None,
 ) -> RecordSummary:
     """Record `episodes_per_task` expert episodes of every task of `suite` into `out`.
@@ -227,7 +252,11 @@ def record_expert(
     obs = tuple(obs)
     if "state" not in obs:
         obs = ("state", *obs)
-    spec = RecordSpec(obs, image_size, max_episode_steps, steps_after_success)
+    if action_noise < 0:
+        raise ValueError(f"action noise must be 0 or more, not {action_noise}")
+    spec = RecordSpec(
+        obs, image_size, max_episode_steps, steps_after_success, action_noise=action_noise
+    )
     schema = expert_schema(suite, spec)
     spec = dataclasses.replace(spec, sim_state_size=schema.keys["sim_state"].shape[0])
     store = DemoStore.open_or_create(out, schema)

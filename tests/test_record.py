@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import envs
+from envs.experts import ScriptedExpert
 from envs.language_motion import VOCABULARY
 from il.data.store import DemoStore
 from il.record import record_expert
@@ -97,6 +98,34 @@ def test_resume_skips_recorded_episodes_and_matches_a_fresh_run(reach_store, tmp
     summary = record_expert(suite, out, episodes_per_task=3, workers=2, **kwargs)
     assert (summary.recorded, summary.skipped) == (2, 1)
     assert_same_episodes(DemoStore.open(reach_store), DemoStore.open(out))
+
+
+def test_action_noise_executes_perturbed_actions_and_keeps_the_experts_labels(tmp_path):
+    out = str(tmp_path / "noisy.zarr")
+    suite = envs.suite("metaworld/reach-v3")
+    record_expert(suite, out, episodes_per_task=1, steps_after_success=0, action_noise=0.3)
+    store = DemoStore.open(out)
+    assert store.schema.source["action_noise"] == 0.3
+    ep = store.read_episode(0)
+    label, executed = ep["action"], ep["executed_action"]
+    assert np.abs(executed).max() <= 1.0
+    assert 0.1 < np.std(executed - label) < 0.5  # clipping shrinks the noise a little
+    # the states are those the executed actions led to...
+    env = envs.make("metaworld/reach-v3")
+    env.reset(seed=0)
+    env.set_sim_state(ep["sim_state"][3])
+    obs, *_ = env.step(executed[3])
+    np.testing.assert_array_equal(obs["state"], ep["obs/state"][4])
+    env.close()
+    # ...and each label is what the expert commands in its state
+    expert = ScriptedExpert("reach-v3")
+    for t in (0, 3, len(label) - 1):
+        command, _ = expert.act(ep["obs/state"][t])
+        np.testing.assert_allclose(label[t], np.clip(command, -1, 1), atol=1e-6)
+    # and a re-recording is the same episode (the noise is seeded by the episode)
+    again = str(tmp_path / "again.zarr")
+    record_expert(suite, again, episodes_per_task=1, steps_after_success=0, action_noise=0.3)
+    assert_same_episodes(store, DemoStore.open(again))
 
 
 def test_only_success_drops_failures(tmp_path):
