@@ -131,7 +131,8 @@ def _robot_options(robot_required: bool) -> Callable[[Callable], Callable]:
             "--teleop",
             default=None,
             help="Teleop device: keyboard, gamepad, spacemouse, or a YAML of its options "
-            "(configs/teleop/keyboard.yaml).",
+            "(configs/teleop/keyboard.yaml; the device is the file's name unless the YAML "
+            "gives `device`).",
         ),
         click.option(
             "--episodes",
@@ -323,6 +324,14 @@ def eval_(
     is_flag=True,
     help="Record every episode to --max-episode-steps, ignoring success.",
 )
+@click.option(
+    "--action-noise",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Std of Gaussian noise on the executed action (expert source); the store keeps the "
+    "expert's action as `action` and the executed one as `executed_action`.",
+)
 @_robot_options(robot_required=False)
 def record(
     source: str,
@@ -337,6 +346,7 @@ def record(
     only_success: bool,
     steps_after_success: int,
     full_episodes: bool,
+    action_noise: float,
     max_episode_steps: int,
     robot: str | None,
     camera: tuple[str, ...],
@@ -394,6 +404,7 @@ def record(
                 only_success=only_success,
                 workers=workers,
                 seed=seed,
+                action_noise=action_noise,
                 on_episode=on_episode,
             )
         except StoreError as e:
@@ -563,7 +574,11 @@ def _make_teleop(teleop: str) -> Any:
 
         if not path.exists():
             raise ValueError(f"no teleop config at {path}")
-        return make_teleop(path.stem, **(yaml.safe_load(path.read_text()) or {}))
+        options = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"{path} is not a mapping of teleop options")
+        # `device` names the teleop when the file's name does not (aloha_leader.yaml: a leader)
+        return make_teleop(str(options.pop("device", path.stem)), **options)
     return make_teleop(teleop)
 
 
@@ -678,7 +693,9 @@ def replay(
                 f"{path} has {store.num_episodes} episodes (0..{store.num_episodes - 1}); "
                 f"--episode {episode} is not one of them"
             )
-        steps = store.read_episode(episode, ["action"])
+        # a recording made with --action-noise executed `executed_action`, not its labels
+        key = "executed_action" if "executed_action" in store.schema.keys else "action"
+        steps = {"action": store.read_episode(episode, [key])[key]}
         seed = int(store.episode_meta()["seed"][episode])
         rate = hz or store.schema.fps or None
     _robot_session(
@@ -886,8 +903,8 @@ def train_(
 @click.option(
     "--model",
     default=None,
-    help="Arm model: koch, koch_leader, so100, so100_leader, so101, so101_leader, aloha "
-    "[default: the setup's, else koch / so100, or their leaders].",
+    help="Arm model: koch, koch_leader, so100, so100_leader, so101, so101_leader, aloha, "
+    "aloha_leader [default: the setup's, else koch / so100, or their leaders].",
 )
 @click.option(
     "--out",

@@ -12,9 +12,17 @@ without it).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from robots.servo_arm import HALF_TURN, MotorBus, MotorCalibration, MotorSpec, Register
+from robots.servo_arm import (
+    HALF_TURN,
+    MotorBus,
+    MotorCalibration,
+    MotorSpec,
+    Register,
+    ShadowSpec,
+)
 
 __all__ = ["BAUDRATES", "CONTROL_TABLE", "MOTOR_MODELS", "DynamixelBus"]
 
@@ -77,6 +85,7 @@ MOTOR_MODELS: dict[str, int] = {
     "xl430-w250": 1060,
     "xm430-w350": 1020,
     "xm540-w270": 1120,
+    "xc430-w150": 1070,
 }
 
 # Baud Rate register value -> bits per second (those the SDK can open).
@@ -91,6 +100,10 @@ BAUDRATES: dict[int, int] = {
 }
 
 DRIVE_REVERSE = 0x01  # Drive Mode bit 0: positive positions turn clockwise
+# A shadow reading within this many ticks (about a degree) of its primary is left as it is:
+# two motors geared to one joint differ by their gears' backlash, and re-writing the offset on
+# every connect would only wear the EEPROM.
+SHADOW_TOLERANCE = 12
 
 
 class DynamixelBus(MotorBus):
@@ -100,6 +113,11 @@ class DynamixelBus(MotorBus):
     (Present Position = direction × actual position + Homing Offset) for the middle pose.
     Position limits are not used: the follower runs in extended position mode, where the
     motor ignores them, and the driver clips goals to the calibrated range itself.
+
+    Shadow motors (a second motor on one joint) are set up through the Secondary ID register:
+    a motor whose Secondary ID is the primary's id executes every write and sync-write slot
+    sent to that id without answering, so one packet drives both and the bus never carries
+    two replies at once.
     """
 
     protocol = "dynamixel"
@@ -136,3 +154,29 @@ class DynamixelBus(MotorBus):
             reverse == bool(cal.drive_mode)
             and self.read(motor.id, "homing_offset") == cal.homing_offset
         )
+
+    def shadow_changes(self, shadow: ShadowSpec, settings: Mapping[str, int]) -> dict[str, int]:
+        """Secondary ID = the primary's id; the primary's settings; the primary's Drive Mode
+        with the direction flipped when the shadow is mounted mirrored; and the Homing Offset
+        that makes it read what the primary reads, so the one goal both receive is the same
+        shaft angle for both and they never pull against each other."""
+        changes: dict[str, int] = {}
+        if self.read(shadow.id, "secondary_id") != shadow.primary:
+            changes["secondary_id"] = shadow.primary
+        for name, value in settings.items():
+            if self.read(shadow.id, name) != value:
+                changes[name] = value
+        drive = self.read(shadow.id, "drive_mode")
+        reverse = bool(self.read(shadow.primary, "drive_mode") & DRIVE_REVERSE) != shadow.reversed
+        wanted = (drive & ~DRIVE_REVERSE) | (DRIVE_REVERSE if reverse else 0)
+        if wanted != drive:
+            changes["drive_mode"] = wanted
+        # Present Position = direction × shaft + Homing Offset, for both motors.
+        offset = self.read(shadow.id, "homing_offset")
+        present = self.read(shadow.id, "present_position")
+        shaft = (present - offset) * (-1 if drive & DRIVE_REVERSE else 1)
+        target = self.read(shadow.primary, "present_position")
+        aligned = target - (-1 if reverse else 1) * shaft
+        if "drive_mode" in changes or abs(aligned - offset) > SHADOW_TOLERANCE:
+            changes["homing_offset"] = aligned
+        return changes

@@ -48,6 +48,7 @@ __all__ = [
     "MotorSpec",
     "Register",
     "ServoArm",
+    "ShadowSpec",
     "calibrate",
     "default_calibration_path",
     "get_model",
@@ -112,19 +113,44 @@ class Register:
 class MotorSpec:
     """One joint's motor: `model` is the motor type ("xl430-w250", "sts3215"); `reversed` makes
     the joint's positive direction the motor's negative one (a mirrored mounting); `mode` is the
-    operating mode register value the follower runs it in (None: leave it as it is)."""
+    operating mode register value the follower runs it in and `current_limit` its Current Limit
+    register value (None: leave it as it is). Both are EEPROM settings a follower needs to be
+    safe (a gripper that squeezes with bounded current), so the driver checks them on every
+    connect instead of trusting whoever set the motor up last."""
 
     name: str
     id: int
     model: str
     reversed: bool = False
     mode: int | None = None
+    current_limit: int | None = None
+
+    @property
+    def settings(self) -> dict[str, int]:
+        """The registers a follower writes on connect where they differ, in writing order."""
+        values = {"operating_mode": self.mode, "current_limit": self.current_limit}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class ShadowSpec:
+    """A second motor geared to the same joint as `primary` (the id of a `MotorSpec`), for
+    twice the torque (a ViperX shoulder and elbow). It answers to the primary's id as its
+    Dynamixel Secondary ID, so every goal and torque switch sent to the primary moves both in
+    the same packet and the driver never addresses it while running; `reversed`: it is
+    mounted mirrored, so it must turn the other way from the primary."""
+
+    name: str
+    id: int
+    model: str
+    primary: int
+    reversed: bool = True
 
 
 @dataclass(frozen=True)
 class ArmModel:
-    """An arm type: its bus, its motors in action order, and whether a person moves it
-    (`leader`: torque stays off)."""
+    """An arm type: its bus, its motors in action order, the shadow motors that double some
+    of them, and whether a person moves it (`leader`: torque stays off)."""
 
     name: str
     bus: str
@@ -132,6 +158,18 @@ class ArmModel:
     leader: bool = False
     gripper: str | None = "gripper"
     description: str = ""
+    shadows: tuple[ShadowSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        every = [m.id for m in self.motors] + [s.id for s in self.shadows]
+        if len(set(every)) != len(every):
+            raise ValueError(f"arm model {self.name}: motor ids repeat: {every}")
+        for shadow in self.shadows:
+            if shadow.primary not in self.ids:
+                raise ValueError(
+                    f"arm model {self.name}: {shadow.name} shadows id {shadow.primary}, which "
+                    "is none of its joints"
+                )
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -140,6 +178,14 @@ class ArmModel:
     @property
     def ids(self) -> tuple[int, ...]:
         return tuple(m.id for m in self.motors)
+
+    @property
+    def every_id(self) -> tuple[int, ...]:
+        """The joints' ids and the shadows': what must answer a ping and have its torque off."""
+        return self.ids + tuple(s.id for s in self.shadows)
+
+    def motor(self, motor_id: int) -> MotorSpec:
+        return next(m for m in self.motors if m.id == motor_id)
 
 
 JOINTS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
@@ -158,6 +204,50 @@ def _six(bus: str, models: Iterable[str], modes: Iterable[int | None]) -> tuple[
 
 
 _KOCH_MODES = (DXL_EXTENDED_POSITION,) * 5 + (DXL_CURRENT_POSITION,)
+# ALOHA's follower gripper: Current Limit in units of 2.69 mA, so 300 is 0.8 A of the XM430's
+# 3.2 A: enough to hold a cup, little enough that a closed grip on an object neither overheats
+# the motor nor trips its overload shutdown (the ALOHA setups use 200-300).
+ALOHA_GRIPPER_CURRENT_LIMIT = 300
+_ALOHA_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
+
+
+def _aloha(
+    joints: Iterable[str], gripper: str, shadow: str, *, follower: bool
+) -> tuple[tuple[MotorSpec, ...], tuple[ShadowSpec, ...]]:
+    """An Interbotix arm as ALOHA uses it: ids 1, 2, 4, 6, 7, 8, 9 for the joints, and ids 3
+    and 5 doubling the shoulder (2) and the elbow (4). The follower runs extended position
+    mode (a joint whose travel straddles the encoder's wrap still works) and a gripper in
+    current-based position mode; the leader's motors are left as they are (its XC430 gripper
+    has no current-based mode, and a person moves the arm)."""
+    mode = DXL_EXTENDED_POSITION if follower else None
+    motors = [
+        MotorSpec(name, motor_id, model, mode=mode)
+        for name, motor_id, model in zip(_ALOHA_JOINTS, (1, 2, 4, 6, 7, 8), joints, strict=True)
+    ]
+    motors.append(
+        MotorSpec(
+            "gripper",
+            9,
+            gripper,
+            mode=DXL_CURRENT_POSITION,
+            current_limit=ALOHA_GRIPPER_CURRENT_LIMIT,
+        )
+        if follower
+        else MotorSpec("gripper", 9, gripper)
+    )
+    shadows = (
+        ShadowSpec("shoulder_shadow", 3, shadow, primary=2),
+        ShadowSpec("elbow_shadow", 5, shadow, primary=4),
+    )
+    return tuple(motors), shadows
+
+
+_ALOHA_FOLLOWER = _aloha(
+    ["xm540-w270"] * 5 + ["xm430-w350"], "xm430-w350", "xm540-w270", follower=True
+)
+_ALOHA_LEADER = _aloha(
+    ["xm430-w350"] * 5 + ["xl430-w250"], "xc430-w150", "xm430-w350", follower=False
+)
 MODELS: dict[str, ArmModel] = {
     "koch": ArmModel(
         "koch",
@@ -198,23 +288,24 @@ MODELS: dict[str, ArmModel] = {
         leader=True,
         description="SO-101 leader: 6 Feetech STS3215 (geared 1/345, 1/191, 1/147), by hand",
     ),
-    # ViperX 300 S as in ALOHA: the shoulder and elbow each have a second motor (ids 3 and 5)
-    # configured in hardware as a shadow of ids 2 and 4 (Secondary ID register), so only the
-    # primaries are addressed here.
+    # ALOHA's arms: the shoulder and elbow each have a second motor (ids 3 and 5) that the
+    # driver makes a shadow of ids 2 and 4 on connect, so only the primaries are addressed.
     "aloha": ArmModel(
         "aloha",
         "dynamixel",
-        (
-            MotorSpec("waist", 1, "xm540-w270", mode=DXL_EXTENDED_POSITION),
-            MotorSpec("shoulder", 2, "xm540-w270", mode=DXL_EXTENDED_POSITION),
-            MotorSpec("elbow", 4, "xm540-w270", mode=DXL_EXTENDED_POSITION),
-            MotorSpec("forearm_roll", 6, "xm540-w270", mode=DXL_EXTENDED_POSITION),
-            MotorSpec("wrist_angle", 7, "xm540-w270", mode=DXL_EXTENDED_POSITION),
-            MotorSpec("wrist_rotate", 8, "xm430-w350", mode=DXL_EXTENDED_POSITION),
-            MotorSpec("gripper", 9, "xm430-w350", mode=DXL_CURRENT_POSITION),
-        ),
-        description="ALOHA-class ViperX 300 S follower (declared; shadow motors 3 and 5 set "
-        "up in hardware)",
+        _ALOHA_FOLLOWER[0],
+        shadows=_ALOHA_FOLLOWER[1],
+        description="ALOHA ViperX 300 S follower: 7 XM540-W270 (ids 1-7, 3 and 5 shadowing "
+        "the shoulder and elbow), 2 XM430-W350 (wrist_rotate, gripper)",
+    ),
+    "aloha_leader": ArmModel(
+        "aloha_leader",
+        "dynamixel",
+        _ALOHA_LEADER[0],
+        shadows=_ALOHA_LEADER[1],
+        leader=True,
+        description="ALOHA WidowX 250 leader: 7 XM430-W350 (ids 1-7, 3 and 5 shadowing the "
+        "shoulder and elbow), XL430-W250 (wrist_rotate), XC430-W150 (gripper), moved by hand",
     ),
 }
 DEFAULT_MODEL = {"dynamixel": "koch", "feetech": "so100"}
@@ -300,6 +391,34 @@ class MotorBus(abc.ABC):
     @abc.abstractmethod
     def calibration_matches(self, motor: MotorSpec, cal: MotorCalibration) -> bool:
         """Whether the motor's registers already hold `cal` (so no EEPROM write is needed)."""
+
+    def shadow_changes(self, shadow: ShadowSpec, settings: Mapping[str, int]) -> dict[str, int]:
+        """The registers to write into a shadow motor (torque off) so that it obeys its
+        primary's id and reads what the primary reads; empty when it already does. Only a bus
+        with a Secondary ID has shadows."""
+        raise DriverError(
+            f"{self.device}: {shadow.name} (id {shadow.id}) is a shadow motor, which needs the "
+            "Secondary ID of a Dynamixel bus"
+        )
+
+    def align_shadows(self, model: ArmModel, *, follower: bool, write: bool = True) -> bool:
+        """Make every shadow of `model` obey its primary (the torque must be off: all of it is
+        EEPROM); `write` False only checks. Returns whether any shadow needed a change.
+
+        Called after the primaries' own registers are written, never before: a write to a
+        primary reaches its shadows too once they obey its id, and would undo their reversed
+        direction. A follower's shadow also gets its primary's settings (operating mode), so
+        the two run the same control law."""
+        changed = False
+        for shadow in model.shadows:
+            settings = model.motor(shadow.primary).settings if follower else {}
+            changes = self.shadow_changes(shadow, settings)
+            if changes:
+                changed = True
+                if write:
+                    log.info("%s: setting up shadow %s: %s", self.port, shadow.name, changes)
+                    self.write_eeprom(shadow.id, changes)
+        return changed
 
     # --- connection -----------------------------------------------------------------------
     @property
@@ -525,8 +644,8 @@ class MotorBus(abc.ABC):
         Done before anything is written, so a wrong port or a mis-numbered motor is reported
         as such instead of as a failed write later."""
         found = {}
-        missing = []
-        for motor in model.motors:
+        missing: list[MotorSpec | ShadowSpec] = []
+        for motor in (*model.motors, *model.shadows):
             self.labels.setdefault(motor.id, motor.name)
             number = self.ping(motor.id)
             if number is None:
@@ -542,12 +661,17 @@ class MotorBus(abc.ABC):
                 )
             found[motor.id] = number
         if missing:
-            what = ", ".join(f"{m.name} (id {m.id})" for m in missing)
-            if len(missing) == len(model.motors):
+            what = ", ".join(
+                f"{m.name} (id {m.id}, the second motor of id {m.primary})"
+                if isinstance(m, ShadowSpec)
+                else f"{m.name} (id {m.id})"
+                for m in missing
+            )
+            if len(missing) == len(model.every_id):
                 raise DriverError(
                     f"{self.device}: no motor answers on {self.port} at {self.baudrate} baud; "
                     f"check the arm's power supply, the port and the baud rate "
-                    f"(the {model.name} arm needs ids {', '.join(map(str, model.ids))})"
+                    f"(the {model.name} arm needs ids {', '.join(map(str, model.every_id))})"
                 )
             raise DriverError(
                 f"{self.device} on {self.port}: {what} do(es) not answer; check their cables "
@@ -721,11 +845,12 @@ def calibrate(
     motor's offset is chosen so that pose reads `HALF_TURN` (0 degrees). Then the person
     moves every joint through its whole travel while a thread samples positions: the
     extremes are each joint's range. The offsets are written to the motors as they are
-    measured; the caller saves the returned `Calibration`."""
+    measured; the caller saves the returned `Calibration`. Shadow motors are not measured:
+    they follow their primaries, and are set up at the end to read as they do."""
     model = get_model(model, bus.protocol)
     ids = list(model.ids)
     bus.check_motors(model)
-    bus.set_torque(ids, False)
+    bus.set_torque(model.every_id, False)
     for motor in model.motors:
         bus.reset_calibration(motor)
     ask(f"Move the {model.name} arm to the middle of the range of every joint, then press Enter")
@@ -758,6 +883,7 @@ def calibrate(
         )
     for motor in model.motors:
         bus.apply_calibration(motor, cal.motors[motor.name])
+    bus.align_shadows(model, follower=False)  # those writes reached the shadows too
     say(f"calibrated {len(ids)} motors of the {model.name} arm from {sampler.samples} readings")
     return cal
 
@@ -785,7 +911,7 @@ class JointArm:
         self.model = get_model(model or defaults[bus], bus)
         self.port = str(port)
         self.bus = open_bus(bus, port, baudrate=baudrate, timeout_ms=timeout_ms)
-        self.bus.labels = {m.id: m.name for m in self.model.motors}
+        self.bus.labels = {m.id: m.name for m in (*self.model.motors, *self.model.shadows)}
         self.calibration_path = Path(calibration or default_calibration_path(self.model.name))
         self.hint = calibrate_hint(bus, port, self.model.name, self.calibration_path)
         self.calibration: Calibration | None = None
@@ -848,33 +974,40 @@ class JointArm:
         return int(np.clip(round(ticks), cal.range_min, cal.range_max))
 
     def open(self, *, torque: bool) -> None:
-        """Connect, check the motors, load the calibration and make sure the motors hold it;
-        then (follower) set every goal to where the joint is and switch the torque on, so the
-        arm never jumps to a goal left over from before."""
+        """Connect, check the motors, load the calibration and make sure the motors hold it
+        (and, for a follower, the model's settings: operating modes, current limits), set up
+        the shadow motors; then (follower) set every goal to where the joint is and switch the
+        torque on, so the arm never jumps to a goal left over from before.
+
+        Shadows get their torque and goals only through their primary's id: a shadow whose
+        Secondary ID did not take would stay limp rather than hold a stale goal against its
+        primary."""
         bus = self.bus
+        model = self.model
         bus.connect()
         try:
-            bus.check_motors(self.model)
+            bus.check_motors(model)
             cal = self._load()  # the newest calibration on disk, whatever was loaded before
-            ids = list(self.model.ids)
+            ids = list(model.ids)
             stale = [
                 m
-                for m in self.model.motors
+                for m in model.motors
                 if not bus.calibration_matches(m, cal.motors[m.name])
-                or (torque and m.mode is not None and bus.read(m.id, "operating_mode") != m.mode)
+                or (torque and any(bus.read(m.id, r) != v for r, v in m.settings.items()))
             ]
-            if stale:
-                bus.set_torque(ids, False)  # offsets and modes live in EEPROM
+            if stale or bus.align_shadows(model, follower=torque, write=False):
+                bus.set_torque(model.every_id, False)  # offsets, modes and ids live in EEPROM
                 for motor in stale:
                     bus.apply_calibration(motor, cal.motors[motor.name])
-                    if torque and motor.mode is not None:
-                        bus.write_eeprom(motor.id, {"operating_mode": motor.mode})
+                    if torque:
+                        bus.write_eeprom(motor.id, motor.settings)
+                bus.align_shadows(model, follower=torque)
             if torque:
                 present = bus.sync_read("present_position", ids)
                 bus.sync_write("goal_position", present)
                 bus.set_torque(ids, True)
             else:
-                bus.set_torque(ids, False)
+                bus.set_torque(model.every_id, False)
         except BaseException:
             bus.disconnect()
             raise
@@ -885,7 +1018,7 @@ class JointArm:
             return
         try:
             if torque_off:
-                bus.set_torque(self.model.ids, False)
+                bus.set_torque(self.model.every_id, False)
         except DriverError as e:
             log.warning("%s: could not switch the torque off: %s", self.port, e)
         finally:
@@ -1057,6 +1190,10 @@ class ServoArm(Robot):
             "model": self.model.name,
             "bus": self.model.bus,
             "motors": {m.name: {"id": m.id, "model": m.model} for m in self.model.motors},
+            "shadows": {
+                s.name: {"id": s.id, "model": s.model, "primary": s.primary}
+                for s in self.model.shadows
+            },
             "calibration": str(self.arm.calibration_path),
             "calibration_data": cal.to_json() if cal is not None else None,
         }

@@ -7,11 +7,8 @@ store that keeps every whole episode."""
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,37 +21,12 @@ pytest.importorskip("dynamixel_sdk")
 pytest.importorskip("rtde_control")
 pytest.importorskip("pyrealsense2")
 
-from test_servo_arm import KOCH, KOCH_LEADER, MIDDLE, TICKS_PER_DEG, _calibrate
+from hardware_helpers import IL, TICKS_PER_DEG, ArmPair, arm_pair, il, one_line_error, wait_for
 
 from il.data.store import DemoStore
 from robots.emulators.realsense_recording import write_recording
-from robots.emulators.servo_bus import ServoBusEmulator
 from robots.emulators.ur_controller import URControllerEmulator
 from robots.servo_arm import HALF_TURN
-
-IL = [sys.executable, "-m", "il.cli"]
-
-
-def il(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*IL, *args], capture_output=True, text=True, timeout=300)
-    if ok and proc.returncode != 0:
-        raise AssertionError(f"il {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def one_line_error(proc: subprocess.CompletedProcess | subprocess.Popen, stderr: str) -> str:
-    assert proc.returncode == 2, stderr
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 def train_on(store: Path, out: Path, *obs: str) -> None:
@@ -73,69 +45,13 @@ def train_on(store: Path, out: Path, *obs: str) -> None:
 
 
 # --------------------------------------------------------------------------- servo arm
-class Koch:
-    """A Koch follower and its leader on emulated buses, calibrated, with their configs; a
-    person who moves the leader's elbow while `moving` is set."""
-
-    def __init__(self, follower: ServoBusEmulator, leader: ServoBusEmulator, tmp: Path) -> None:
-        self.follower, self.leader = follower, leader
-        _calibrate(follower, "dynamixel", "koch", tmp / "koch.json")
-        _calibrate(leader, "dynamixel", "koch_leader", tmp / "koch_leader.json")
-        self.robot = tmp / "koch.yaml"
-        self.robot.write_text(
-            yaml.safe_dump(
-                {
-                    "robot": f"dynamixel:{follower.port}",
-                    "hz": 30,
-                    "options": {
-                        "model": "koch",
-                        "calibration": str(tmp / "koch.json"),
-                        "timeout_ms": 300,
-                    },
-                }
-            )
-        )
-        self.teleop = tmp / "leader.yaml"
-        self.teleop.write_text(
-            yaml.safe_dump(
-                {
-                    "port": leader.port,
-                    "calibration": str(tmp / "koch_leader.json"),
-                    "timeout_ms": 300,
-                }
-            )
-        )
-        self.moving = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._person, daemon=True)
-        self._thread.start()
-
-    def _person(self) -> None:
-        t = 0.0
-        while not self._stop.wait(0.02):
-            if self.moving.is_set():
-                t += 0.02
-                self.leader.set_position(3, MIDDLE[3] + 25 * TICKS_PER_DEG * math.sin(3 * t))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 @pytest.fixture
-def koch(tmp_path: Path) -> Iterator[Koch]:
-    with (
-        ServoBusEmulator("dynamixel", KOCH) as follower,
-        ServoBusEmulator("dynamixel", KOCH_LEADER) as leader,
-    ):
-        arms = Koch(follower, leader, tmp_path)
-        try:
-            yield arms
-        finally:
-            arms.close()
+def koch(tmp_path: Path) -> Iterator[ArmPair]:
+    """A Koch follower and its leader, calibrated; the person swings the leader's elbow."""
+    yield from arm_pair(tmp_path, "koch", "koch_leader", "elbow_flex")
 
 
-def test_servo_arm_records_with_its_leader_replays_and_deploys(koch: Koch, tmp_path: Path):
+def test_servo_arm_records_with_its_leader_replays_and_deploys(koch: ArmPair, tmp_path: Path):
     store = tmp_path / "koch.zarr"
     koch.moving.set()
     proc = il(
@@ -215,7 +131,7 @@ def test_servo_arm_records_with_its_leader_replays_and_deploys(koch: Koch, tmp_p
 
 @pytest.mark.parametrize("choice", ["keep", "discard"])
 def test_unplugged_servo_arm_stops_with_one_line_and_a_whole_store(
-    koch: Koch, tmp_path: Path, choice: str
+    koch: ArmPair, tmp_path: Path, choice: str
 ):
     store = tmp_path / "koch.zarr"
     koch.moving.set()

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +23,18 @@ import pytest
 pytest.importorskip("dynamixel_sdk")
 pytest.importorskip("scservo_sdk")
 
+from hardware_helpers import (
+    ENDS,
+    MIDDLE,
+    TICKS_PER_DEG,
+    TIMEOUT_MS,
+    calibrate_arm,
+    scripted_ask,
+    sweep,
+)
+
 from robots.base import ConnectionLost, DriverError, teleop_action
 from robots.emulators.servo_bus import (
-    SYNC_READ,
     Packet,
     ServoBusEmulator,
     dynamixel_packet,
@@ -47,16 +56,9 @@ from robots.servo_arm import (
 )
 from robots.teleop.leader import LeaderArmTeleop
 
-TIMEOUT_MS = 300  # generous reply budget: the emulator shares the test's CPU
 KOCH = {m.id: m.model for m in MODELS["koch"].motors}
 KOCH_LEADER = {m.id: m.model for m in MODELS["koch_leader"].motors}
 SO100 = {m.id: m.model for m in MODELS["so100"].motors}
-TICKS_PER_DEG = 4096 / 360
-
-# Shaft positions (raw ticks) a person holds the arm at, and the ends each joint reaches.
-MIDDLE = {1: 2100, 2: 1900, 3: 2500, 4: 1500, 5: 2048, 6: 2300}
-ENDS = {1: (1100, 3100), 2: (1000, 3000), 3: (1600, 3400), 4: (700, 2400), 5: (300, 3800)}
-ENDS[6] = (2000, 3000)
 
 
 def _single_line(error: BaseException) -> str:
@@ -65,47 +67,11 @@ def _single_line(error: BaseException) -> str:
     return text
 
 
-def _served(emu: ServoBusEmulator, n: int = 1) -> None:
-    """Wait until the driver has sync-read `n` more times (it sees what was just set)."""
-    start = emu.instructions[SYNC_READ]
-    assert emu.wait_for(lambda: emu.instructions[SYNC_READ] >= start + n, 10.0)
-
-
-def _sweep(emu: ServoBusEmulator, ids: list[int]) -> None:
-    """A person moving every joint to both ends while the calibration samples."""
-    for end in (0, 1):
-        for i in ids:
-            emu.set_position(i, ENDS[i][end])
-        _served(emu, 2)
-    for i in ids:
-        emu.set_position(i, MIDDLE[i])
-    _served(emu)
-
-
-def _scripted_ask(emu: ServoBusEmulator, ids: list[int]) -> Callable[[str], None]:
-    def ask(prompt: str) -> None:
-        if "middle" in prompt:
-            for i in ids:
-                emu.set_position(i, MIDDLE[i])
-        else:
-            _sweep(emu, ids)
-
-    return ask
-
-
-def _calibrate(emu: ServoBusEmulator, bus: str, model: str, path: Path) -> Calibration:
-    motors = open_bus(bus, emu.port, timeout_ms=TIMEOUT_MS)
-    with motors:
-        cal = calibrate(motors, model, _scripted_ask(emu, emu.ids), say=lambda _: None)
-    cal.save(path)
-    return cal
-
-
 @pytest.fixture
 def koch(tmp_path: Path) -> Iterator[tuple[ServoBusEmulator, Path]]:
     with ServoBusEmulator("dynamixel", KOCH) as emu:
         path = tmp_path / "koch.json"
-        _calibrate(emu, "dynamixel", "koch", path)
+        calibrate_arm(emu, "koch", path)
         yield emu, path
 
 
@@ -252,7 +218,7 @@ def test_il_calibrate_writes_offsets_and_the_arm_loads_them(tmp_path: Path) -> N
             try:
                 keyboard.enter()  # the arm already rests in the middle
                 keyboard.wait_for_prompt(2)  # "move every joint through its range"
-                _sweep(emu, list(KOCH))
+                sweep(emu, "koch")
                 keyboard.enter()
             except BaseException as e:
                 errors.append(e)
@@ -321,7 +287,7 @@ def test_calibration_refuses_a_joint_that_never_moved(tmp_path: Path) -> None:
 
         def ask(prompt: str) -> None:
             if "middle" not in prompt:
-                _sweep(emu, [1, 2, 3, 4, 5])  # the gripper is forgotten
+                sweep(emu, "so100", [1, 2, 3, 4, 5])  # the gripper is forgotten
 
         with pytest.raises(DriverError, match="gripper did not move") as info:
             calibrate(bus, "so100", ask, say=lambda _: None)
@@ -341,7 +307,7 @@ def test_reversed_joint_reads_the_other_way(tmp_path: Path) -> None:
             ServoBusEmulator(protocol, {1: kind}) as emu,
             open_bus(protocol, emu.port, timeout_ms=TIMEOUT_MS) as bus,
         ):
-            ask = _scripted_ask(emu, [1])
+            ask = scripted_ask(emu, model)
             cal = calibrate(bus, model, ask, say=lambda _: None)
             assert cal.motors["wrist"].drive_mode == 1
             path = tmp_path / f"{protocol}.json"
@@ -453,7 +419,7 @@ def test_leader_moves_the_follower_through_the_safety_filter(
     follower_emu, follower_cal = koch
     with ServoBusEmulator("dynamixel", KOCH_LEADER) as leader_emu:
         leader_cal = tmp_path / "koch_leader.json"
-        _calibrate(leader_emu, "dynamixel", "koch_leader", leader_cal)
+        calibrate_arm(leader_emu, "koch_leader", leader_cal)
         follower = ServoArm(
             follower_emu.port, bus="dynamixel", calibration=str(follower_cal), timeout_ms=TIMEOUT_MS
         )
@@ -495,7 +461,7 @@ def test_leader_moves_the_follower_through_the_safety_filter(
 def test_leader_is_active_while_moved_and_hands_back_at_rest(tmp_path: Path) -> None:
     with ServoBusEmulator("dynamixel", KOCH_LEADER) as leader_emu:
         leader_cal = tmp_path / "koch_leader.json"
-        _calibrate(leader_emu, "dynamixel", "koch_leader", leader_cal)
+        calibrate_arm(leader_emu, "koch_leader", leader_cal)
         leader = LeaderArmTeleop(
             leader_emu.port, calibration=str(leader_cal), timeout_ms=TIMEOUT_MS, active_seconds=0.3
         )

@@ -8,6 +8,11 @@ at a bounded speed while the torque is on; with the torque off a test (or `sweep
 as a person moves a leader arm. An id nobody has stays silent, so the SDK times out as on a
 real bus. The homing offset, drive direction, position limits and the STS EEPROM lock act as
 the motors' firmware applies them, so calibration is tested through the registers themselves.
+A Dynamixel motor's Secondary ID acts as the e-manual says: the motor also executes writes,
+registered writes and its slot of sync writes addressed to that id, silently, while reads and
+pings to it are answered by the motor whose own id it is (a shadow motor doubling a joint).
+Each Dynamixel type accepts only the operating modes its firmware has (no current-based modes
+on an XL430 or XC430: no current sensor) and a Current Limit up to its own maximum.
 
     with ServoBusEmulator("dynamixel", {1: "xl430-w250", 2: "xl330-m288"}) as bus:
         arm = ServoArm(bus.port, bus="dynamixel", ...)
@@ -15,6 +20,7 @@ the motors' firmware applies them, so calibration is tested through the register
 From a shell, for trying the CLI without hardware (prints the port to use):
 
     python -m robots.emulators.servo_bus --protocol dynamixel --model koch --sweep
+    python -m robots.emulators.servo_bus --protocol dynamixel --model aloha  # with ids 3, 5
 """
 
 from __future__ import annotations
@@ -49,18 +55,29 @@ MOTOR_TYPES: dict[str, tuple[str, int]] = {
     "xl430-w250": ("dynamixel", 1060),
     "xm430-w350": ("dynamixel", 1020),
     "xm540-w270": ("dynamixel", 1120),
+    "xc430-w150": ("dynamixel", 1070),
     "sts3215": ("feetech", 777),
 }
+# Dynamixel model number -> its Current Limit's factory value, which is also its maximum
+# (XL330: 1 mA units; XM430/XM540: 2.69 mA). Absent: no current sensor (XL430, XC430), so
+# no Current Limit register and no current-based operating modes.
+DXL_CURRENT_LIMIT: dict[int, int] = {1190: 1750, 1200: 1750, 1020: 1193, 1120: 2047}
+# Operating modes: 0 current, 1 velocity, 3 position, 4 extended position, 5 current-based
+# position, 16 PWM.
+DXL_MODES_WITH_CURRENT = frozenset({0, 1, 3, 4, 5, 16})
+DXL_MODES_WITHOUT_CURRENT = frozenset({1, 3, 4, 16})
 
 BROADCAST = 0xFE
 TURN = 4096
 
 # Instructions both protocols share the numbers of.
-PING, READ, WRITE, SYNC_READ, SYNC_WRITE = 0x01, 0x02, 0x03, 0x82, 0x83
+PING, READ, WRITE, REG_WRITE, ACTION = 0x01, 0x02, 0x03, 0x04, 0x05
+SYNC_READ, SYNC_WRITE = 0x82, 0x83
 DXL_STATUS = 0x55
 # Dynamixel status error numbers.
-DXL_INSTRUCTION_ERROR, DXL_CRC_ERROR, DXL_LENGTH_ERROR = 0x02, 0x03, 0x05
+DXL_INSTRUCTION_ERROR, DXL_CRC_ERROR, DXL_RANGE_ERROR, DXL_LENGTH_ERROR = 0x02, 0x03, 0x04, 0x05
 DXL_LIMIT_ERROR, DXL_ACCESS_ERROR = 0x06, 0x07
+DXL_NO_SECONDARY = 253  # a Secondary ID of this or more is off
 
 
 @dataclass(frozen=True)
@@ -195,6 +212,7 @@ class _Motor:
         self.sweep = 0.0  # amplitude (ticks) of the hand-moved wander while torque is off
         self.sweep_phase = 0.0
         self.sweep_center = float(raw)
+        self.pending: tuple[int, bytes] | None = None  # a registered write awaiting Action
         self._t = time.monotonic()
         self._t0 = self._t
         self.defaults(motor_id)
@@ -225,6 +243,26 @@ class _Motor:
     @property
     def torque(self) -> bool:
         return bool(self.table[self.TORQUE])
+
+    @property
+    def secondary_id(self) -> int | None:
+        """The second id this motor obeys (silently), if any."""
+        return None
+
+    def register_write(self, address: int, data: bytes) -> int:
+        """Check a write now and keep it for the next Action, as Reg Write does."""
+        if address + len(data) > self.TABLE_SIZE or not data:
+            return self.access_error
+        self.refresh()
+        error = self.check_write(address, data)
+        if not error:
+            self.pending = (address, bytes(data))
+        return error
+
+    def action(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self.write(*pending)
 
     def advance(self) -> None:
         now = time.monotonic()
@@ -280,9 +318,19 @@ class _DynamixelMotor(_Motor):
 
     TABLE_SIZE = 147
     PRESENT, PRESENT_SIZE, GOAL, TORQUE, ID = 132, 4, 116, 64, 7
-    HOMING, DRIVE, MODE, MAX_LIMIT, MIN_LIMIT = 20, 10, 11, 48, 52
+    HOMING, DRIVE, MODE, SECONDARY, MAX_LIMIT, MIN_LIMIT = 20, 10, 11, 12, 48, 52
+    CURRENT_LIMIT, GOAL_CURRENT, REGISTERED = 38, 102, 69
     EEPROM_END = 64
-    READ_ONLY = (range(0, 7), range(70, 71), range(120, 147))
+    READ_ONLY = (range(0, 7), range(69, 71), range(120, 147))
+
+    @property
+    def current_limit_max(self) -> int | None:
+        return DXL_CURRENT_LIMIT.get(self.number)
+
+    @property
+    def secondary_id(self) -> int | None:
+        value = self.table[self.SECONDARY]
+        return value if value < DXL_NO_SECONDARY and value != self.id else None
 
     def defaults(self, motor_id: int) -> None:
         self.put(0, 2, self.number)
@@ -291,12 +339,16 @@ class _DynamixelMotor(_Motor):
         self.table[8] = 3  # 1 Mbps
         self.table[9] = 250
         self.table[11] = 3  # position control
+        self.table[self.SECONDARY] = 255  # off
         self.table[13] = 2  # protocol 2.0
         self.put(24, 4, 10)
         self.table[31] = 80
         self.put(32, 2, 140)
         self.put(34, 2, 60)
         self.put(36, 2, 885)
+        if self.current_limit_max is not None:
+            self.put(self.CURRENT_LIMIT, 2, self.current_limit_max)
+            self.put(self.GOAL_CURRENT, 2, self.current_limit_max)
         self.put(44, 4, 445)
         self.put(self.MAX_LIMIT, 4, TURN - 1)
         self.put(self.MIN_LIMIT, 4, 0)
@@ -326,6 +378,18 @@ class _DynamixelMotor(_Motor):
             return DXL_ACCESS_ERROR
         if address < self.EEPROM_END and self.torque:
             return DXL_ACCESS_ERROR
+        if address <= self.MODE < end:
+            has_current = self.current_limit_max is not None
+            modes = DXL_MODES_WITH_CURRENT if has_current else DXL_MODES_WITHOUT_CURRENT
+            if data[self.MODE - address] not in modes:
+                return DXL_RANGE_ERROR
+        if address < self.CURRENT_LIMIT + 2 and end > self.CURRENT_LIMIT:
+            if self.current_limit_max is None:
+                return DXL_ACCESS_ERROR  # no such register without a current sensor
+            if address != self.CURRENT_LIMIT or len(data) < 2:
+                return DXL_ACCESS_ERROR  # half a register
+            if int.from_bytes(data[:2], "little") > self.current_limit_max:
+                return DXL_RANGE_ERROR
         goal = range(self.GOAL, self.GOAL + 4)
         if address in goal and self.table[self.MODE] == 3:
             value = int.from_bytes(data[:4].ljust(4, b"\0"), "little", signed=True)
@@ -339,6 +403,15 @@ class _DynamixelMotor(_Motor):
         end = min(address + len(data), self.EEPROM_END)
         if address < end:
             self.saved[address:end] = self.table[address:end]
+
+    def register_write(self, address: int, data: bytes) -> int:
+        error = super().register_write(address, data)
+        self.table[self.REGISTERED] = int(self.pending is not None)
+        return error
+
+    def action(self) -> None:
+        super().action()
+        self.table[self.REGISTERED] = 0
 
 
 class _StsMotor(_Motor):
@@ -622,18 +695,23 @@ class ServoBusEmulator:
         self.instructions[packet.instruction] += 1
         if packet.instruction in (SYNC_READ, SYNC_WRITE):
             return self._sync(packet)
+        silent: list[_Motor] = []
         if packet.id == BROADCAST:
             targets = sorted(self._motors.values(), key=lambda m: m.id)
         else:
-            try:
-                targets = [self._motor(packet.id)]
-            except KeyError:
+            targets = [m for m in self._motors.values() if m.id == packet.id]
+            if packet.instruction in (WRITE, REG_WRITE, ACTION):
+                # Motors with this id as their Secondary ID do what changes state, unheard.
+                silent = [m for m in self._motors.values() if m.secondary_id == packet.id]
+            if not targets and not silent:
                 return b""  # nobody has this id: silence, and the SDK times out
         replies = b""
         for motor in targets:
             reply = self._one(motor, packet)
             if packet.id != BROADCAST or packet.instruction == PING:
                 replies += reply
+        for motor in silent:
+            self._one(motor, packet)
         return replies
 
     def _address(self, params: bytes) -> tuple[int, bytes]:
@@ -660,6 +738,14 @@ class ServoBusEmulator:
                 return self._status(motor, DXL_LENGTH_ERROR if dxl else 0)
             address, data = self._address(params)
             return self._status(motor, motor.write(address, data))
+        if packet.instruction == REG_WRITE:
+            if len(params) < (3 if dxl else 2):
+                return self._status(motor, DXL_LENGTH_ERROR if dxl else 0)
+            address, data = self._address(params)
+            return self._status(motor, motor.register_write(address, data))
+        if packet.instruction == ACTION:
+            motor.action()
+            return b""  # the SDKs send Action without waiting for a status: none comes
         return self._status(motor, DXL_INSTRUCTION_ERROR if dxl else 0)
 
     def _sync(self, packet: Packet) -> bytes:
@@ -679,9 +765,9 @@ class ServoBusEmulator:
             return replies
         step = 1 + size
         for i in range(0, len(rest) - step + 1, step):
-            motor = by_id.get(rest[i])
-            if motor is not None:
-                motor.write(address, rest[i + 1 : i + step])
+            for motor in self._motors.values():  # a shadow takes its primary's slot too
+                if rest[i] in (motor.id, motor.secondary_id):
+                    motor.write(address, rest[i + 1 : i + step])
         return b""
 
 
@@ -692,7 +778,9 @@ def _main(argv: list[str] | None = None) -> int:
         "the driver (dynamixel:<port> or feetech:<port>) and serves until Ctrl-C.",
     )
     parser.add_argument("--protocol", choices=["dynamixel", "feetech"], required=True)
-    parser.add_argument("--model", help="arm model whose motors to emulate (koch, so100, ...)")
+    parser.add_argument(
+        "--model", help="arm model whose motors (shadows included) to emulate (koch, aloha, ...)"
+    )
     parser.add_argument(
         "--motors", help="motors instead of --model: id:type,... e.g. 1:xl430-w250,2:xl330-m288"
     )
@@ -716,7 +804,7 @@ def _main(argv: list[str] | None = None) -> int:
         from robots.servo_arm import get_model
 
         model = get_model(args.model, args.protocol)
-        motors = {m.id: m.model for m in model.motors}
+        motors = {m.id: m.model for m in (*model.motors, *model.shadows)}
     else:
         parser.error("give --model or --motors")
     with ServoBusEmulator(args.protocol, motors, sweep=args.sweep) as bus:

@@ -37,7 +37,8 @@ class LeaderArmTeleop(Teleop):
     """A leader arm on its own serial bus.
 
     `port`: the leader's serial port; `bus`: "dynamixel" or "feetech"; `model`: the leader's
-    arm model (default koch_leader / so100_leader); `calibration`: its JSON (default
+    arm model (default koch_leader / so100_leader; aloha_leader for an aloha follower; its
+    joints are the follower's action, one for one); `calibration`: its JSON (default
     calibration/<model>.json); `baudrate`, `timeout_ms` as for `ServoArm`; `events`: None or
     "keyboard"; `keys`: the keyboard's key map when `events` is "keyboard" (see
     `KeyboardTeleop`); `active_threshold`, `active_seconds`: how much motion, within how
