@@ -298,8 +298,9 @@ def test_ur_with_realsense_records_from_the_keyboard_replays_and_deploys(ur, tmp
     )
     try:
 
-        def commands() -> int:
-            return sum(controller.state()["commands"].values())
+        def commands() -> int:  # servo commands: one per control step of the policy
+            counts = controller.state()["commands"]
+            return counts.get("SERVOL", 0) + counts.get("SERVOJ", 0)
 
         count = commands()
         wait_for(lambda: commands() > count + 100 or proc.poll() is not None)
