@@ -232,3 +232,50 @@ def test_act_ahead_runs_each_action_at_the_step_it_was_predicted_for():
 def test_act_ahead_beyond_the_chunk_is_refused(steps):
     with pytest.raises(ValueError, match="act-ahead"):
         _chunking_bc().set_act_ahead(steps)
+
+
+@pytest.mark.parametrize("head", ["mse", "gmm"])
+def test_gmm_head_keeps_both_branches_where_regression_averages_them(head):
+    """The expert pushes down or lifts from nearly the same state: a regressor learns the
+    standstill between the two, the mixture acts out one branch or the other."""
+    from dataclasses import replace
+
+    from il.policies.bc import BCPolicy
+
+    base = _chunking_bc(action_horizon=1, n_action_steps=1)
+    config = replace(base.config, head=head, gmm_modes=2, hidden=[32, 32])
+    torch.manual_seed(0)
+    policy = BCPolicy(config, base.spec, base.normalizer)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    b = 64
+    state = torch.zeros(b, 1, 5)
+    branch = torch.where(torch.arange(b) % 2 == 0, 0.8, -0.8)
+    action = torch.stack([branch, torch.full((b,), 0.3)], dim=-1)[:, None]  # b 1 2
+    batch = {"obs/state": state, "action": action, "action_is_pad": torch.zeros(b, 1, dtype=bool)}
+    batch["task"] = torch.zeros(b, dtype=torch.long)
+    for _ in range(400):
+        loss, _ = policy.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    policy.eval()
+    acted = np.array([policy.act({"state": np.zeros(5, np.float32)})[0] for _ in range(40)])
+    if head == "mse":
+        np.testing.assert_allclose(acted, 0.0, atol=0.1)  # the average of the branches
+    else:
+        assert np.all(np.abs(np.abs(acted) - 0.8) < 0.1)  # always one branch
+        assert 5 < (acted > 0).sum() < 35  # and both are taken
+
+        def episode(seed: int) -> np.ndarray:
+            policy.reset(seed=seed)
+            return np.array([policy.act({"state": np.zeros(5, np.float32)}) for _ in range(20)])
+
+        # a seeded episode draws the same modes again, whatever ran in between
+        np.testing.assert_array_equal(episode(3), episode(3))
+        assert not np.array_equal(episode(3), episode(4))
+
+
+def test_unknown_bc_head_is_a_config_error(store_path, tmp_path):
+    config = config_for(store_path, tmp_path / "x", "model.head=flow")
+    with pytest.raises(ConfigError, match="model.head must be"):
+        train(config)

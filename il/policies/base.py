@@ -120,6 +120,9 @@ class Policy(nn.Module):
         (0: predict when the queue runs dry). See `set_act_ahead`."""
         self._ahead: concurrent.futures.Future | None = None
         self._ahead_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.generator: torch.Generator | None = None
+        """Random numbers of a stochastic policy's `act` (diffusion noise, mixture modes); set
+        by `reset(seed=...)` so a seeded episode acts the same whatever else runs beside it."""
 
     # --- what a method implements ------------------------------------------------------------
     @property
@@ -185,11 +188,15 @@ class Policy(nn.Module):
         return self.spec.tasks.index(task)
 
     # --- control -----------------------------------------------------------------------------
-    def reset(self, task: str | None = None) -> None:
-        """Forget the observation history and queued actions; set the task if given."""
+    def reset(self, task: str | None = None, seed: int | None = None) -> None:
+        """Forget the observation history and queued actions; set the task if given, and with
+        `seed` start the policy's own random numbers anew (else they continue)."""
         if task is not None:
             self.task_index(task)  # fail early on an unknown task
             self.task = task
+        if seed is not None:
+            device = next(self.parameters()).device
+            self.generator = torch.Generator(device=device).manual_seed(int(seed))
         self._obs_history.clear()
         self._queue.clear()
         self._ensemble.clear()

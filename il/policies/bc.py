@@ -6,6 +6,12 @@ of `action_horizon` future actions at once; `n_action_steps` of them are execute
 next prediction, or, with `temporal_ensemble`, every step predicts and overlapping chunks vote
 (ACT, Zhao et al. 2023). The loss is the mean squared error on normalized actions, over the
 steps that are not padding (an episode's end).
+
+With `head: gmm` the MLP predicts a mixture of Gaussians over the chunk instead (robomimic's
+BC-GMM) and learns by likelihood. Where the expert's action jumps between branches of its
+state machine on nearly the same state, a regressor averages the branches into an action no
+demonstration took (often a standstill); a mixture keeps each branch as a mode, and acting picks
+one mode by its weight and executes that mode's mean.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 
 from il.data.normalize import Normalizer
@@ -37,6 +44,12 @@ class BCConfig(ObservationConfig):
     """Widths of the MLP head's hidden layers."""
     dropout: float = 0.0
     layer_norm: bool = False
+    head: str = "mse"
+    """`mse`: regress the mean action; `gmm`: a Gaussian mixture over the chunk, by likelihood."""
+    gmm_modes: int = 5
+    """Mixture components of the `gmm` head."""
+    gmm_min_std: float = 0.01
+    """Floor of each component's standard deviation (normalized units): keeps likelihood finite."""
 
 
 @register
@@ -46,27 +59,75 @@ class BCPolicy(Policy):
 
     def __init__(self, config: BCConfig, spec: DataSpec, normalizer: Normalizer) -> None:
         super().__init__(config, spec, normalizer)
+        if config.head not in ("mse", "gmm"):
+            raise ValueError(f"model.head must be 'mse' or 'gmm', not {config.head!r}")
+        if config.head == "gmm" and config.gmm_modes < 1:
+            raise ValueError(f"model.gmm_modes must be at least 1, not {config.gmm_modes}")
+        self.chunk_dim = config.action_horizon * spec.action_dim
+        modes = config.gmm_modes if config.head == "gmm" else 0
+        # gmm: per mode a mean and a log-std per chunk value, and one logit
+        out_dim = self.chunk_dim if not modes else modes * (2 * self.chunk_dim + 1)
         self.encoder = ObservationEncoder.from_config(
             config, spec.obs_shapes, spec.tasks, spec.instructions
         )
         self.head = MLP(
             self.encoder.out_dim,
             config.hidden,
-            config.action_horizon * spec.action_dim,
+            out_dim,
             dropout=config.dropout,
             layer_norm=config.layer_norm,
         )
 
-    def predict_chunk(self, obs: Mapping[str, torch.Tensor], task: torch.Tensor) -> torch.Tensor:
+    def mixture(
+        self, obs: Mapping[str, torch.Tensor], task: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The `gmm` head's mixture: logits (b m), means and stds (b m chunk_dim)."""
         out = self.head(self.encoder(obs, task))
+        m, d = self.config.gmm_modes, self.chunk_dim
+        logits, means, raw_std = out.split([m, m * d, m * d], dim=-1)
+        means = rearrange(means, "b (m d) -> b m d", m=m)
+        std = F.softplus(rearrange(raw_std, "b (m d) -> b m d", m=m)) + self.config.gmm_min_std
+        return logits, means, std
+
+    def predict_chunk(self, obs: Mapping[str, torch.Tensor], task: torch.Tensor) -> torch.Tensor:
+        if self.config.head == "gmm":
+            logits, means, _ = self.mixture(obs, task)
+            probs = logits.float().softmax(-1)
+            mode = torch.multinomial(probs, 1, generator=self.generator)[:, 0]  # b
+            out = means[torch.arange(len(mode), device=mode.device), mode]
+        else:
+            out = self.head(self.encoder(obs, task))
         return rearrange(out, "b (h a) -> b h a", h=self.config.action_horizon)
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         obs = self.training_observations(batch)
         target = self.normalize("action", batch["action"].float())
+        if self.config.head == "gmm":
+            return self._gmm_loss(obs, batch, target)
         prediction = self.predict_chunk(obs, batch["task"])
         valid = (~batch["action_is_pad"]).unsqueeze(-1).to(prediction.dtype)  # b h 1
         error = (prediction - target) ** 2 * valid
         loss = error.sum() / (valid.sum() * target.shape[-1]).clamp(min=1)
         first = ((prediction[:, 0] - target[:, 0]) ** 2).mean()
         return loss, {"mse": float(loss.detach()), "mse_first_action": float(first.detach())}
+
+    def _gmm_loss(
+        self,
+        obs: Mapping[str, torch.Tensor],
+        batch: Mapping[str, torch.Tensor],
+        target: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        logits, means, std = self.mixture(obs, batch["task"])
+        logits, means, std = logits.float(), means.float(), std.float()
+        valid = (~batch["action_is_pad"]).unsqueeze(-1).expand_as(target)  # b h a
+        valid = rearrange(valid, "b h a -> b 1 (h a)").float()
+        x = rearrange(target, "b h a -> b 1 (h a)")
+        # per-mode log-density over the valid (not padded) values of the chunk
+        log_density = -0.5 * ((x - means) / std) ** 2 - std.log() - 0.9189385332046727
+        per_mode = (log_density * valid).sum(-1) + F.log_softmax(logits, dim=-1)
+        nll = -torch.logsumexp(per_mode, dim=-1) / valid.sum((1, 2)).clamp(min=1)
+        loss = nll.mean()
+        with torch.no_grad():
+            best = means[torch.arange(len(logits), device=logits.device), logits.argmax(-1)]
+            mse = (((best - x[:, 0]) ** 2) * valid[:, 0]).sum() / valid.sum().clamp(min=1)
+        return loss, {"nll": float(loss.detach()), "mse": float(mse)}

@@ -269,6 +269,7 @@ class DiffusionPolicy(Policy):
     ) -> torch.Tensor:
         cond = self.encoder(obs, task)
         b = cond.shape[0]
+        generator = self.generator if generator is None else generator
         shape = (b, self.config.action_horizon, self.spec.action_dim)
         x = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
         steps = self.schedule.timesteps(self.config.inference_steps)
