@@ -9,7 +9,8 @@ One constructor for everything::
 
 Names: `metaworld/<task>` for one task, `metaworld/<suite>` for a suite (MT10, MT50, ML10, ML45,
 easy, medium, hard, very_hard) and `metaworld/MT1/<task>` or `metaworld/ML1/<task>` for the
-single-task benchmarks.
+single-task benchmarks. `maze/tunnel16/20` is a suite of the first 20 discrete 16×16 mazes of a
+split (`train` or `test`: disjoint mazes), `maze/tunnel16-test-0003` one maze (see `envs.maze`).
 """
 
 import os as _os
@@ -20,6 +21,7 @@ if _sys.platform.startswith("linux"):
     _os.environ.setdefault("MUJOCO_GL", "egl")
 
 from envs.camera import CameraModel, triangulate
+from envs.maze import MazeEnv, MazeSuite
 from envs.metaworld import (
     CAMERAS,
     DIFFICULTY,
@@ -31,7 +33,7 @@ from envs.metaworld import (
     SuiteTask,
     UnknownNameError,
 )
-from envs.registry import list_envs, list_suites, make, make_vec, suite
+from envs.registry import defaults, list_envs, list_suites, make, make_vec, suite
 from envs.rendering import Renderer, RenderOptions
 
 __all__ = [
@@ -41,12 +43,15 @@ __all__ = [
     "SUITES",
     "TASKS",
     "CameraModel",
+    "MazeEnv",
+    "MazeSuite",
     "MetaWorldEnv",
     "RenderOptions",
     "Renderer",
     "Suite",
     "SuiteTask",
     "UnknownNameError",
+    "defaults",
     "list_envs",
     "list_suites",
     "make",

@@ -6,6 +6,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from envs import maze
 from envs.metaworld import (
     SUITES,
     TASKS,
@@ -17,9 +18,9 @@ from envs.metaworld import (
     unknown,
 )
 
-__all__ = ["list_envs", "list_suites", "make", "make_vec", "suite"]
+__all__ = ["defaults", "list_envs", "list_suites", "make", "make_vec", "suite"]
 
-_FAMILIES = ("metaworld",)
+_FAMILIES = ("metaworld", "maze")
 
 
 def list_envs() -> list[str]:
@@ -36,21 +37,35 @@ def _split_name(name: str) -> tuple[str, str]:
     family, sep, rest = name.partition("/")
     if not sep or not rest:
         raise UnknownNameError(
-            f"env name {name!r} needs a family prefix, e.g. 'metaworld/pick-place-v3' or "
-            "'metaworld/MT10'"
+            f"env name {name!r} needs a family prefix, e.g. 'metaworld/pick-place-v3', "
+            "'metaworld/MT10' or 'maze/tunnel16/20'"
         )
     if family not in _FAMILIES:
         raise unknown("environment family", family, _FAMILIES)
     return family, rest
 
 
-def suite(name: str, split: str = "train", seed: int = 0) -> Suite:
+def defaults(name: str) -> dict[str, Any]:
+    """The family's rollout defaults: observation keys and episode length."""
+    family, _ = _split_name(name)
+    if family == "maze":
+        return {"obs": maze.OBS_KEYS, "max_episode_steps": maze.MAX_EPISODE_STEPS}
+    return {"obs": ("state",), "max_episode_steps": 500}
+
+
+def suite(name: str, split: str = "train", seed: int = 0) -> Suite | maze.MazeSuite:
     """A suite of tasks with fixed variations.
 
     `seed` is Meta-World's benchmark seed: it fixes which object and goal positions form each
-    task's variations (50 per task). Episode seeds then choose among them.
+    task's variations (50 per task). Episode seeds then choose among them. Maze suites
+    (`maze/tunnel16/20`: the first 20 mazes of `split`) have no benchmark seed.
     """
-    _, rest = _split_name(name)
+    family, rest = _split_name(name)
+    if family == "maze":
+        try:
+            return maze.load_suite(rest, split)
+        except ValueError as e:
+            raise UnknownNameError(str(e)) from None
     kind, _, task = rest.partition("/")
     if kind not in SUITES:
         if rest in TASKS or f"{rest}-v3" in TASKS:
@@ -64,14 +79,25 @@ def suite(name: str, split: str = "train", seed: int = 0) -> Suite:
     return load_suite(kind, split, task or None, seed)
 
 
-def make(name: str, *, seed: int | None = None, task_seed: int = 0, **kwargs: Any) -> MetaWorldEnv:
+def make(
+    name: str, *, seed: int | None = None, task_seed: int = 0, **kwargs: Any
+) -> MetaWorldEnv | maze.MazeEnv:
     """One environment by name, e.g. `make("metaworld/pick-place-v3", obs=("state",
-    "image/corner"), image_size=84, seed=0)`.
+    "image/corner"), image_size=84, seed=0)` or `make("maze/tunnel16-test-0003")`.
 
     `seed` seeds the episode RNG (which variation each reset picks); `task_seed` is the benchmark
-    seed that fixes the variations themselves. Other keyword arguments go to `MetaWorldEnv`.
+    seed that fixes the variations themselves. Other keyword arguments go to `MetaWorldEnv`
+    (or `MazeEnv`).
     """
-    _, rest = _split_name(name)
+    family, rest = _split_name(name)
+    if family == "maze":
+        try:
+            env = maze.make(rest, **kwargs)
+        except ValueError as e:
+            raise UnknownNameError(str(e)) from None
+        if seed is not None:
+            env.reset(seed=seed)
+        return env
     if rest.split("/", 1)[0] in SUITES:
         raise UnknownNameError(
             f"{name!r} is a suite, not a single env; use envs.make_vec({name!r}) or "
@@ -94,7 +120,9 @@ def make_vec(
     **kwargs: Any,
 ) -> gym.vector.VectorEnv:
     """A vector env over one task (`metaworld/<task>`) or every task of a suite."""
-    _, rest = _split_name(name)
+    family, rest = _split_name(name)
+    if family == "maze":
+        return suite(name, split=split).make_vec(envs_per_task, vectorization_mode, **kwargs)
     if rest in TASKS or f"{rest}-v3" in TASKS:
         chosen = load_suite("MT1", "train", check_task(rest), task_seed)
     else:

@@ -7,6 +7,7 @@ that says what is wrong and how to fix it; tracebacks are for bugs.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -78,10 +79,9 @@ def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
         ),
         click.option(
             "--obs",
-            default="state",
-            show_default=True,
+            default=None,
             help="Observation keys, comma-separated, e.g. state,image/corner "
-            "(a checkpoint brings its own).",
+            "[default: state; grid for maze/...] (a checkpoint brings its own).",
         ),
         click.option(
             "--image-size",
@@ -93,9 +93,9 @@ def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
         click.option(
             "--max-episode-steps",
             type=click.IntRange(min=1),
-            default=500,
-            show_default=True,
-            help="Steps after which an episode is cut (truncated).",
+            default=None,
+            help="Steps after which an episode is cut (truncated) [default: 500; 100 for "
+            "maze/...].",
         ),
     ]
     return lambda command: functools.reduce(lambda f, option: option(f), reversed(options), command)
@@ -208,9 +208,9 @@ def eval_(
     episodes_per_task: int,
     workers: int | None,
     seed: int,
-    obs: str,
+    obs: str | None,
     image_size: int,
-    max_episode_steps: int,
+    max_episode_steps: int | None,
     video: Path | None,
     video_episodes: int,
     json_out: Path | None,
@@ -238,7 +238,7 @@ def eval_(
                 learned = read_description(folder)
                 trained_env = learned["spec"]["env"]
                 if env is not None:
-                    n_tasks = len(_suite_and_obs(env, split, "state")[0].tasks)
+                    n_tasks = len(_suite_and_obs(env, split, None)[0].tasks)
                 else:
                     n_tasks = len(trained_env.get("tasks") or [None])
                 workers = workers or min(_cpu_count(), n_tasks)
@@ -269,7 +269,7 @@ def eval_(
                 workers=workers,
                 obs=keys,
                 image_size=image_size,
-                max_episode_steps=max_episode_steps,
+                max_episode_steps=_max_steps(suite.name, max_episode_steps),
                 **common,
             )
     table = Table(title=f"{policy} on {report.suite} ({episodes_per_task} episodes per task)")
@@ -338,7 +338,7 @@ def record(
     env: str,
     split: str,
     episodes_per_task: int,
-    obs: str,
+    obs: str | None,
     image_size: int,
     out: str,
     workers: int | None,
@@ -347,7 +347,7 @@ def record(
     steps_after_success: int,
     full_episodes: bool,
     action_noise: float,
-    max_episode_steps: int,
+    max_episode_steps: int | None,
     robot: str | None,
     camera: tuple[str, ...],
     hz: float | None,
@@ -374,12 +374,16 @@ def record(
             teleop=teleop,
             out=out,
             episodes=episodes,
-            max_steps=max_episode_steps,
+            max_steps=max_episode_steps or 500,
             wait_for_start=True,
         )
         return
 
     suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs)
+    max_episode_steps = _max_steps(suite.name, max_episode_steps)
+    if suite.name.startswith("maze/"):
+        _record_maze(suite, out, episodes_per_task, max_episode_steps, seed)
+        return
     workers = workers or _cpu_count()
     total = len(suite.tasks) * episodes_per_task
     counts = {"ok": 0, "failed": 0}
@@ -777,12 +781,55 @@ def _human_bytes(n: int) -> str:
     return f"{size:.1f} GiB"
 
 
-def _suite_and_obs(env: str, split: str, obs: str) -> tuple[Any, tuple[str, ...]]:
-    """The suite named by --env/--split and the keys of --obs, or a one-line error."""
+def _record_maze(
+    suite: Any, out: str, episodes_per_task: int, max_episode_steps: int, seed: int
+) -> None:
+    """`il record --env maze/...`: the BFS expert in every maze, its procedure with each step."""
+    from il.data.store import StoreError
+    from il.record_maze import record_maze_expert
+
+    with _progress("record") as bar:
+        job = bar.add_task(
+            f"BFS expert on {suite.name} ({suite.split})",
+            total=len(suite.tasks) * episodes_per_task,
+            status="",
+        )
+        try:
+            summary = record_maze_expert(
+                suite,
+                out,
+                episodes_per_task=episodes_per_task,
+                max_episode_steps=max_episode_steps,
+                seed=seed,
+                on_episode=lambda task, success: bar.advance(job),
+            )
+        except (StoreError, ValueError) as e:
+            raise UserError(str(e)) from None
+    console.print(
+        f"recorded {summary.recorded} episodes into {out} ({summary.skipped} already there); "
+        f"the store holds {summary.episodes_in_store} episodes"
+    )
+
+
+def _max_steps(env: str, given: int | None) -> int:
+    """--max-episode-steps, else the env family's default."""
+    import envs
+
+    return given or int(envs.defaults(env)["max_episode_steps"])
+
+
+def _suite_and_obs(env: str, split: str, obs: str | None) -> tuple[Any, tuple[str, ...]]:
+    """The suite named by --env/--split and the keys of --obs (None: the family's default), or
+    a one-line error."""
     import envs
 
     try:
-        return envs.suite(env, split=split), _parse_obs(obs)
+        suite = envs.suite(env, split=split)
+        if env.startswith("maze/"):
+            from envs.maze import parse_obs
+
+            return suite, parse_obs(obs)
+        return suite, _parse_obs(obs or "state")
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -819,7 +866,12 @@ def _parse_obs(obs: str) -> tuple[str, ...]:
     "train",
     context_settings={"ignore_unknown_options": False},
 )
-@click.option("--policy", default="bc", show_default=True, help="The method: bc.")
+@click.option(
+    "--policy",
+    default="bc",
+    show_default=True,
+    help="The method: bc, diffusion, pc-maze, bc-maze, aug-bc-maze, aux-bc-maze.",
+)
 @click.option(
     "--data",
     type=str,
@@ -886,6 +938,175 @@ def train_(
         f"curves: {Path(config.out) / 'curves.png'}; metrics: {Path(config.out) / 'metrics.csv'}"
     )
     console.print(f"evaluate it: il eval --checkpoint {config.out}")
+
+
+def _pretrain_options(fn: Callable) -> Callable:
+    """--data, --out, --config and key=value overrides, as `il train` takes them."""
+    for option in reversed(
+        [
+            click.option("--data", type=str, default=None, help="The DemoStore (sets data=)."),
+            click.option(
+                "--out", type=click.Path(path_type=str), default=None, help="Output folder."
+            ),
+            click.option(
+                "--config",
+                "config_file",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                default=None,
+                help="A YAML config [default: configs/id_pretrain.yaml when it exists].",
+            ),
+            click.argument("overrides", nargs=-1),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _pretrain_config(
+    cls: type, section: str, config_file: Path | None, overrides: list[str]
+) -> Any:
+    """The `section` of configs/id_pretrain.yaml (or --config) with overrides on top."""
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from il.policies.id_pretraining import load_options
+
+    path = config_file or Path("configs") / "id_pretrain.yaml"
+    if not path.exists():
+        return load_options(cls, None, overrides)
+    loaded = OmegaConf.load(path)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(OmegaConf.to_yaml(loaded.get(section) or {}))
+        f.flush()
+        return load_options(cls, f.name, overrides)
+
+
+@app.command("pretrain")
+@click.option(
+    "--objective",
+    type=click.Choice(["id", "bc", "fd-implicit", "contrastive", "fd-explicit"]),
+    default=None,
+    help="Pretraining objective (sets objective=) [default: id].",
+)
+@_pretrain_options
+def pretrain_(
+    objective: str | None,
+    data: str | None,
+    out: str | None,
+    config_file: Path | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Pretrain an image encoder on a multitask DemoStore (inverse dynamics and the objectives
+    it is compared with); fine-tune it with `il fewshot`. OVERRIDES are key=value, e.g.
+    steps=5000 frame_gap=2 held_out=[door-lock-v3] encoder.channels=[16,32,32,32]."""
+    from il.policies.id_pretraining import PretrainConfig, PretrainError, pretrain
+
+    extra = [*overrides]
+    extra += [f"objective={objective}"] if objective else []
+    extra += [f"data={data}"] if data else []
+    extra += [f"out={out}"] if out else []
+    try:
+        config = _pretrain_config(PretrainConfig, "pretrain", config_file, extra)
+        with _progress("pretrain") as bar:
+            job = bar.add_task(f"{config.objective} → {config.out}", total=config.steps, status="")
+
+            def on_step(step: int, metrics: dict[str, float]) -> None:
+                bar.update(job, completed=step, status=f"loss {metrics['loss']:.4f}")
+
+            folder = pretrain(config, on_step)
+    except PretrainError as e:
+        raise UserError(str(e)) from None
+    metrics = json.loads((folder / "encoder.json").read_text())["metrics"]
+    console.print(
+        f"encoder: {folder}; held-out {config.objective} loss "
+        f"{metrics['val_loss_start']:.4f} → {metrics['val_loss_end']:.4f}"
+    )
+    console.print(f"fine-tune it: il fewshot --encoder {folder} --data <store of a new task>")
+
+
+@app.command("fewshot")
+@click.option(
+    "--encoder",
+    default=None,
+    help="An encoder folder of `il pretrain`, or scratch, or state (sets encoder=).",
+)
+@click.option(
+    "--demos", type=click.IntRange(min=1), default=None, help="Demonstrations used (sets demos=)."
+)
+@_pretrain_options
+def fewshot_(
+    encoder: str | None,
+    demos: int | None,
+    data: str | None,
+    out: str | None,
+    config_file: Path | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Fit a BC head on a few demos of a new task over a frozen pretrained encoder; the result
+    is a policy checkpoint for `il eval` and `il deploy`. OVERRIDES are key=value, e.g.
+    steps=10000 seed=1."""
+    from il.policies.id_pretraining import FewShotConfig, PretrainError, fewshot
+
+    extra = [*overrides]
+    extra += [f"encoder={encoder}"] if encoder else []
+    extra += [f"demos={demos}"] if demos else []
+    extra += [f"data={data}"] if data else []
+    extra += [f"out={out}"] if out else []
+    try:
+        config = _pretrain_config(FewShotConfig, "fewshot", config_file, extra)
+        with _progress("fewshot") as bar:
+            steps = config.scratch_steps if config.encoder == "scratch" else config.steps
+            job = bar.add_task(f"{config.encoder} → {config.out}", total=steps, status="")
+
+            def on_step(step: int, metrics: dict[str, float]) -> None:
+                bar.update(job, completed=step, status=f"loss {metrics['loss']:.4f}")
+
+            folder = fewshot(config, on_step)
+    except PretrainError as e:
+        raise UserError(str(e)) from None
+    console.print(f"checkpoint: {folder}")
+    console.print(f"evaluate it: il eval --checkpoint {folder}")
+
+
+@app.command("experiment")
+@click.argument("name")
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Training seeds per condition (sets seeds=) [default: the experiment's].",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for its data, runs and results [default: runs/<name>].",
+)
+@click.argument("overrides", nargs=-1)
+def experiment(name: str, seeds: int | None, out: Path | None, overrides: tuple[str, ...]) -> None:
+    """Run a whole experiment in one command: record, train every method under every condition
+    and seed, evaluate, and write results.md, results.json and a bar chart. NAME is one of:
+    pc-maze, id-door. OVERRIDES are key=value of the experiment's config, e.g. steps=1000
+    train_mazes=[5,20]. Re-running resumes: finished runs are kept."""
+    from rich.markdown import Markdown
+
+    from il.experiments import ExperimentError, load, make_config
+
+    try:
+        module = load(name)
+        config = make_config(module, [*overrides, *([f"seeds={seeds}"] if seeds else [])])
+        with _progress("experiment") as bar:
+            job = bar.add_task(name, total=None, status="")
+
+            def on_progress(done: int, total: int, label: str) -> None:
+                bar.update(job, completed=done, total=total, status=label)
+
+            results = module.run(config, out or Path("runs") / name, on_progress)
+    except ExperimentError as e:
+        raise UserError(str(e)) from None
+    console.print(Markdown(results.read_text()))
+    console.print(f"results: {results}")
 
 
 @app.command("calibrate")
@@ -1002,6 +1223,10 @@ def envs_() -> None:
     console.print(table)
     console.print("[bold]tasks:[/] " + ", ".join(envs.list_envs()))
     console.print("[bold]cameras:[/] " + ", ".join(envs.CAMERAS))
+    console.print(
+        "[bold]mazes:[/] maze/tunnel16/<n> (the first n mazes of --split train or test), "
+        "maze/tunnel16-<split>-<i> (one maze)"
+    )
 
 
 def _fail(message: str) -> None:

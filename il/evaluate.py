@@ -30,7 +30,8 @@ __all__ = ["EpisodeResult", "EvalReport", "Policy", "TaskResult", "evaluate"]
 class Policy(Protocol):
     """What evaluation needs of a policy: one instance per environment."""
 
-    def reset(self) -> None: ...
+    def reset(self, seed: int | None = None) -> None:
+        """A new episode; `seed` (the episode's) seeds a stochastic policy's sampling."""
 
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray: ...
 
@@ -118,6 +119,8 @@ class _Job:
     video_dir: str | None
     video_episodes: int
     video_size: int
+    suite_type: type = Suite
+    """The suite's class (Meta-World `Suite`, `MazeSuite`): it builds the job's envs."""
 
 
 def _run_job(job: _Job, progress: Any = None) -> tuple[list[EpisodeResult], int, list[str]]:
@@ -130,7 +133,7 @@ def _run_job(job: _Job, progress: Any = None) -> tuple[list[EpisodeResult], int,
             render_size=job.video_size,
             render_options=RenderOptions(antialias=True),
         )
-    suite = Suite(job.suite, "train", job.tasks)
+    suite = job.suite_type(job.suite, "train", job.tasks)
     env_list = [fn() for fn in suite.env_fns(1, **kwargs)]
     policies = [job.policy_factory(t) for t in job.tasks]
     results: list[EpisodeResult] = []
@@ -143,7 +146,7 @@ def _run_job(job: _Job, progress: Any = None) -> tuple[list[EpisodeResult], int,
         frames: dict[int, list[np.ndarray]] = {}
         for i, env in enumerate(env_list):
             observations[i], _ = env.reset(seed=seed)
-            policies[i].reset()
+            policies[i].reset(seed=seed)
             if filming:
                 frames[i] = [env.render()]
         lengths = dict.fromkeys(observations, 0)
@@ -223,10 +226,11 @@ def evaluate(
         raise ValueError(f"workers must be positive, got {workers}")
     env_kwargs = {
         "obs": tuple(obs),
-        "image_size": image_size,
         "max_episode_steps": max_episode_steps,
         "terminate_on_success": True,
     }
+    if any(k.startswith("image/") for k in obs):  # envs without cameras take no image size
+        env_kwargs["image_size"] = image_size
     jobs = [
         _Job(
             suite.name,
@@ -238,6 +242,7 @@ def evaluate(
             None if video_dir is None else str(video_dir),
             video_episodes,
             video_size,
+            type(suite),
         )
         for chunk in _chunks(list(suite.tasks), workers)
     ]
@@ -334,8 +339,8 @@ class _TaskBound:
     def __init__(self, policy: Any, task: str | None) -> None:
         self.policy, self.task = policy, task
 
-    def reset(self) -> None:
-        self.policy.reset(task=self.task)
+    def reset(self, seed: int | None = None) -> None:
+        self.policy.reset(task=self.task, seed=seed)
 
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         return self.policy.act(observation)
@@ -364,7 +369,7 @@ def evaluate_checkpoint(
     chosen = envs.suite(name, split=split if suite else env.get("split", split))
     trained = env.get("tasks") or policy.spec.tasks
     if suite is None and trained:  # the tasks it was trained on, of the suite it came from
-        chosen = Suite(
+        chosen = type(chosen)(
             chosen.name, chosen.split, tuple(t for t in chosen.tasks if t.name in trained)
         )
     if policy.spec.tasks:

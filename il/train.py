@@ -197,6 +197,15 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
                 f"{config.data.path} has no key {key!r}; data.obs takes keys of "
                 f"{', '.join(k for k in store.schema.keys if k.startswith('obs/'))}"
             )
+    # Per-step keys a method learns from besides observations and actions (e.g. its procedure).
+    extra_keys = getattr(policy_class(config.policy), "extra_keys", None)
+    extra = dict(extra_keys(policy_config)) if extra_keys is not None else {}
+    missing = [k for k in extra if k not in store.schema.keys]
+    if missing:
+        raise ConfigError(
+            f"policy {config.policy} learns from {', '.join(missing)}, which {config.data.path} "
+            "does not hold; record a store that has it"
+        )
     episodes = select_episodes(
         store,
         tasks=config.data.tasks,
@@ -218,7 +227,7 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
 
     obs_horizon = int(getattr(policy_config, "obs_horizon", 1))
     action_horizon = int(getattr(policy_config, "action_horizon", 1))
-    keys = window_spec(config.data.obs, obs_horizon, ["action"], action_horizon)
+    keys = window_spec(config.data.obs, obs_horizon, ["action"], action_horizon, extra)
     modes = {}
     for key in config.data.obs:
         is_image = len(store.schema.keys[key].shape) == 3
@@ -226,10 +235,13 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
     modes["action"] = config.data.normalize.get("action", "min_max")
     normalizer = Normalizer.from_store(store, modes, train_eps)
     source = store.schema.source
+    # Where the observation tells the tasks apart (a maze's walls), the policy gets no task
+    # input, so it can be run on tasks it never saw.
+    conditioned = len(tasks) > 1 and not source.get("task_in_observation", False)
     spec = DataSpec(
         obs_shapes={k: list(store.schema.keys[k].shape) for k in config.data.obs},
         action_dim=int(store.schema.keys["action"].shape[0]),
-        tasks=tasks if len(tasks) > 1 else [],
+        tasks=tasks if conditioned else [],
         action=dict(store.schema.action),
         env={
             k: source[k]
@@ -237,7 +249,7 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
             if k in source
         }
         | {"tasks": tasks},
-        instructions=[instruction_of.get(t, "") for t in tasks] if len(tasks) > 1 else [],
+        instructions=[instruction_of.get(t, "") for t in tasks] if conditioned else [],
     )
     train_sampler = WindowSampler(store.path, keys, train_eps)
     val_sampler = WindowSampler(store.path, keys, val_eps) if len(val_eps) else None

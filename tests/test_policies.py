@@ -277,5 +277,5 @@ def test_gmm_head_keeps_both_branches_where_regression_averages_them(head):
 
 def test_unknown_bc_head_is_a_config_error(store_path, tmp_path):
     config = config_for(store_path, tmp_path / "x", "model.head=flow")
-    with pytest.raises(ConfigError, match="model.head must be"):
+    with pytest.raises(ConfigError, match=r"model\.head must be"):
         train(config)

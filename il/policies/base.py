@@ -401,4 +401,7 @@ def build_config(cls: type, values: Mapping[str, Any]) -> Any:
 def _import_methods() -> None:
     """Import every method module so its `@register` has run."""
     import il.policies.bc
-    import il.policies.diffusion  # noqa: F401
+    import il.policies.diffusion
+    import il.policies.id_pretraining
+    import il.policies.maze_bc
+    import il.policies.procedure_cloning  # noqa: F401

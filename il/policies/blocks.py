@@ -12,6 +12,9 @@ Two image encoders: a small conv net with a spatial-softmax head, quick on a CPU
 Diffusion Policy uses it, since batch statistics of a few correlated frames are a poor
 normaliser. Its modules carry torchvision's names, so torchvision's weights load into it where a
 user has them; it is written here because torchvision has no CPU-only build to depend on.
+A third, `conv4`, is the encoder of inverse-dynamics pretraining (`il.policies.id_pretraining`):
+bounded LayerNorm + tanh features and random-crop augmentation, for encoders that are pretrained
+once and then frozen under any policy's head.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from il.policies import text
 
 __all__ = [
     "MLP",
+    "ConvKeypointEncoder",
     "ObservationConfig",
     "ObservationEncoder",
     "ResNet18",
@@ -113,6 +117,73 @@ class SpatialSoftmaxCNN(nn.Module):
         return self.out(self.keypoints(self.convs(x)))
 
 
+def random_crop(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """DrQ-style shift augmentation: pad by `pad` pixels (edge replicated) and crop back to the
+    original size at a random offset per image. Float `b c h w` in and out."""
+    if pad <= 0:
+        return images
+    b, _c, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    # One grid_sample instead of a Python loop over the batch.
+    shift = torch.randint(0, 2 * pad + 1, (b, 1, 1, 2), device=images.device).to(images.dtype)
+    ys = torch.arange(h, device=images.device, dtype=images.dtype)
+    xs = torch.arange(w, device=images.device, dtype=images.dtype)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    base = torch.stack([grid_x, grid_y], dim=-1)[None] + shift  # b h w 2, padded pixels
+    size = torch.tensor([w + 2 * pad, h + 2 * pad], device=images.device, dtype=images.dtype)
+    grid = (2 * base + 1) / size - 1  # pixel centres → [-1, 1]
+    return F.grid_sample(padded, grid, mode="nearest", align_corners=False)
+
+
+class ConvKeypointEncoder(nn.Module):
+    """The image encoder of inverse-dynamics pretraining (Brandfonbrener et al. 2023): four 3×3
+    convs (GELU, no normalisation) → spatial softmax → Linear → LayerNorm → tanh.
+
+    The bounded, normalised output keeps pretraining objectives from shrinking or inflating the
+    features to game their loss, so a frozen encoder hands a fine-tuned head features of a known
+    range. Random-crop augmentation is applied in training mode only; `crop_pad=0` turns it off
+    (explicit forward dynamics reconstructs pixels, where a shifted input would be noise)."""
+
+    def __init__(
+        self,
+        out_dim: int = 64,
+        channels: Sequence[int] = (32, 64, 128, 256),
+        strides: Sequence[int] = (2, 2, 1, 1),
+        keypoints: int | None = None,
+        crop_pad: int = 4,
+    ) -> None:
+        super().__init__()
+        if len(channels) != len(strides) or not channels:
+            raise ValueError(
+                f"encoder channels {list(channels)} and strides {list(strides)} must be "
+                "non-empty lists of the same length"
+            )
+        layers: list[nn.Module] = []
+        for cin, cout, stride in zip([3, *channels[:-1]], channels, strides, strict=True):
+            layers += [nn.Conv2d(cin, cout, 3, stride, padding=1), nn.GELU()]
+        self.convs = nn.Sequential(*layers)
+        for layer in self.convs:
+            if isinstance(layer, nn.Conv2d):
+                # He init keeps the activations' spread through the GELU stack; torch's default
+                # shrinks it layer by layer until every image yields the same keypoints, and the
+                # InfoNCE objectives then start with no signal to learn from.
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+        self.keypoints = SpatialSoftmax(channels[-1], keypoints or channels[-1])
+        self.out = nn.Sequential(
+            nn.Linear(2 * (keypoints or channels[-1]), out_dim), nn.LayerNorm(out_dim), nn.Tanh()
+        )
+        self.out_dim = out_dim
+        self.crop_pad = crop_pad
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 `b h w c` → `b out_dim` in (-1, 1)."""
+        x = rearrange(images, "b h w c -> b c h w").float() / 127.5 - 1.0
+        if self.training:
+            x = random_crop(x, self.crop_pad)
+        return self.out(self.keypoints(self.convs(x)))
+
+
 class _BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, groups: int) -> None:
         super().__init__()
@@ -159,7 +230,11 @@ class ResNet18(nn.Module):
         return self.out(self.keypoints(x))
 
 
-IMAGE_ENCODERS: dict[str, type[nn.Module]] = {"cnn": SpatialSoftmaxCNN, "resnet18": ResNet18}
+IMAGE_ENCODERS: dict[str, type[nn.Module]] = {
+    "cnn": SpatialSoftmaxCNN,
+    "resnet18": ResNet18,
+    "conv4": ConvKeypointEncoder,
+}
 """`model.image_encoder` → the class, built with the number of features per camera."""
 
 
@@ -203,7 +278,8 @@ class ObservationConfig:
     obs_horizon: int = 1
     """Past observations the policy sees (1 = the current one)."""
     image_encoder: str = "cnn"
-    """Per camera: cnn (small conv net with spatial softmax) or resnet18."""
+    """Per camera: cnn (small conv net with spatial softmax), resnet18, or conv4 (the
+    inverse-dynamics-pretraining encoder: LayerNorm + tanh output, random-crop augmentation)."""
     image_features: int = 64
     """Features per camera from the image encoder."""
     task_encoding: str = "onehot"

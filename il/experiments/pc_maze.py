@@ -1,0 +1,345 @@
+"""Procedure cloning against behaviour cloning on mazes never seen in training.
+
+The core result of procedure cloning (Yang et al. 2022): trained on the BFS expert's
+demonstrations in a few mazes, BC memorises those mazes and fails in new ones, while procedure
+cloning, which learns the expert's search step by step, keeps solving new mazes.
+
+Protocol, all through il's own commands:
+
+1. Data (`il record --env maze/<layout>/<N>`): the BFS expert in each of the first N train
+   mazes, `demos_per_maze` episodes each from random starts, with its procedure per step.
+2. Training (`il train`): every method on the episodes of the first n mazes, for each n of
+   `train_mazes` and each seed; the same steps, batch and learning rate for every method, the
+   same `width` for every network.
+3. Evaluation (`il eval`): `eval_episodes` episodes (random starts) in each of `test_mazes`
+   test mazes — a split whose mazes are generated apart from the train split — and in the n
+   training mazes; success = reaching the goal within 100 steps. The BFS expert's rate on the
+   same test episodes is the reference line.
+4. Where procedure cloning fails: at the first state of every test episode, whether its
+   predicted search reaches the same cells as BFS at every layer, and if not, at which layer it
+   first departs.
+
+Everything lands in the output folder: the store, a run folder per (method, n, seed) with its
+`result.json`, and `results.md`, `results.json`, `success.png`. A re-run skips finished runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import envs
+from il.experiments import ExperimentError
+from il.experiments.report import ResultTable, write_json
+
+__all__ = ["Config", "run"]
+
+METHODS = ("pc-maze", "aux-bc-maze", "aug-bc-maze", "bc-maze")
+
+
+@dataclass
+class Config:
+    """Procedure cloning vs. BC, aug-BC and aux-BC on unseen mazes. Every field can be set as
+    `key=value` on the command line."""
+
+    layout: str = "tunnel16"
+    """Maze generator and size (16×16 tunnel mazes: the paper's)."""
+    train_mazes: list[int] = field(default_factory=lambda: [5, 10, 20])
+    """Numbers of training mazes compared (the first n of the train split)."""
+    test_mazes: int = 20
+    """Unseen test mazes every policy is evaluated on."""
+    demos_per_maze: int = 4
+    """Expert episodes per training maze (the paper's 4)."""
+    eval_episodes: int = 5
+    """Evaluation episodes per maze (random starts)."""
+    eval_seed: int = 1000
+    """Seed of the first evaluation episode (clear of the demonstrations' seeds 0, 1, ...)."""
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    seeds: int = 3
+    """Training seeds per (method, number of mazes)."""
+    steps: int = 2000
+    """Optimizer steps of every run (the paper trains 100k-500k on accelerators)."""
+    batch_size: int = 32
+    """The paper's batch size (for procedure cloning: map pairs per step)."""
+    lr: float = 1e-3
+    """Adam learning rate (the paper's model default), no weight decay, no EMA."""
+    width: int = 32
+    """Network width of every method: filters width/2, width/2, width, width (+5 or +width);
+    the paper's is 256."""
+    threads: int = 1
+    """torch threads; one is fastest for these small convolutions on a shared 2-core box."""
+
+    def check(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; methods: {', '.join(METHODS)}")
+        if not self.train_mazes or min(self.train_mazes) < 1:
+            raise ValueError("train_mazes needs numbers of mazes of at least 1, e.g. [5,10,20]")
+        for name in ("test_mazes", "demos_per_maze", "eval_episodes", "seeds", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        envs.suite(f"maze/{self.layout}/1")  # a bad layout fails here, in one line
+
+
+_SELECTING = ("train_mazes", "methods", "seeds")
+"""Fields that only choose which runs to do; the others change what a run measures."""
+
+
+def run(
+    config: Config,
+    out: str | Path,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> Path:
+    """Do every missing run of the experiment in `out`, then write the results; returns the
+    path of `results.md`. `on_progress(done, total, label)` follows the runs."""
+    config.check()
+    out = Path(out)
+    _claim(out, config)
+    start = time.perf_counter()
+    torch.set_num_threads(config.threads)
+    n_max = max(config.train_mazes)
+    store = out / "data" / f"{config.layout}-{n_max}mazes.zarr"
+    jobs = [
+        (m, n, s) for m in config.methods for n in config.train_mazes for s in range(config.seeds)
+    ]
+    total = len(jobs) + 1
+    report = on_progress or (lambda done, total, label: None)
+    report(0, total, f"recording {n_max} mazes")
+    _record(config, store, n_max)
+    results = []
+    for i, (method, n, seed) in enumerate(jobs):
+        report(i + 1, total, f"{method}, {n} mazes, seed {seed}")
+        results.append(_train_and_evaluate(config, out, store, method, n, seed))
+    expert = _expert_rate(config)
+    report(total, total, "writing results")
+    for r in results:
+        if r["method"] == "pc-maze":
+            folder = out / "runs" / "pc-maze" / f"{r['train_mazes']}-mazes" / f"seed{r['seed']}"
+            r["search"] = _search_fidelity(config, folder)
+    return _write_results(config, out, results, expert, time.perf_counter() - start)
+
+
+def _claim(out: Path, config: Config) -> None:
+    """Refuse to mix runs of a different protocol into `out`."""
+    saved = out / "config.json"
+    mine = {k: v for k, v in asdict(config).items() if k not in _SELECTING}
+    if saved.exists():
+        theirs = {k: v for k, v in json.loads(saved.read_text()).items() if k not in _SELECTING}
+        if theirs != mine:
+            changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+            raise ExperimentError(
+                f"{out} holds this experiment with other settings ({', '.join(changed)}); "
+                "choose another --out or remove that folder"
+            )
+    write_json(saved, asdict(config))
+
+
+def _record(config: Config, store: Path, n_mazes: int) -> None:
+    from il.record_maze import record_maze_expert
+
+    suite = envs.suite(f"maze/{config.layout}/{n_mazes}")
+    record_maze_expert(
+        suite,
+        str(store),
+        episodes_per_task=config.demos_per_maze,
+        max_episode_steps=envs.maze.MAX_EPISODE_STEPS,
+    )
+
+
+def _train_and_evaluate(
+    config: Config, out: Path, store: Path, method: str, n: int, seed: int
+) -> dict[str, Any]:
+    from il.evaluate import evaluate_checkpoint
+    from il.train import load_config, train
+
+    folder = out / "runs" / method / f"{n}-mazes" / f"seed{seed}"
+    result_file = folder / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    t0 = time.perf_counter()
+    if not (folder / "checkpoints" / "last" / "policy.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)  # an interrupted run starts over
+        every = max(1, config.steps // 20)
+        run_config = load_config(
+            method,
+            None,
+            [
+                f"data.path={store}",
+                f"out={folder}",
+                "data.obs=[obs/grid]",
+                "data.normalize={action: identity}",
+                f"train.steps={config.steps}",
+                f"train.batch_size={config.batch_size}",
+                f"train.lr={config.lr}",
+                "train.weight_decay=0",
+                f"train.warmup_steps={every}",
+                "train.ema_decay=0",
+                "train.val_fraction=0",
+                f"train.seed={seed}",
+                f"train.threads={config.threads}",
+                f"train.log_every={every}",
+                f"train.save_every={config.steps}",
+                f"model.width={config.width}",
+            ],
+        )
+        run_config.data.tasks = [t.name for t in envs.suite(f"maze/{config.layout}/{n}").tasks]
+        train(run_config)
+    t1 = time.perf_counter()
+    common = {"episodes_per_task": config.eval_episodes, "seed": config.eval_seed, "workers": 1}
+    test = evaluate_checkpoint(
+        folder, suite=f"maze/{config.layout}/{config.test_mazes}", split="test", **common
+    )
+    seen = evaluate_checkpoint(folder, **common)  # the mazes it was trained on
+    torch.set_num_threads(config.threads)  # evaluation pins one thread per worker
+    result = {
+        "method": method,
+        "train_mazes": n,
+        "seed": seed,
+        "test_success": test.success_rate,
+        "train_success": seen.success_rate,
+        "test_episodes": sum(len(t.episodes) for t in test.tasks),
+        "train_seconds": t1 - t0,
+        "eval_seconds": time.perf_counter() - t1,
+    }
+    write_json(result_file, result)
+    return result
+
+
+def _expert_rate(config: Config) -> float:
+    from il.evaluate import evaluate
+    from il.policies.expert import expert_for_task
+
+    report = evaluate(
+        envs.suite(f"maze/{config.layout}/{config.test_mazes}", split="test"),
+        expert_for_task,
+        policy_name="expert",
+        episodes_per_task=config.eval_episodes,
+        seed=config.eval_seed,
+        obs=envs.maze.OBS_KEYS,
+        max_episode_steps=envs.maze.MAX_EPISODE_STEPS,
+    )
+    return report.success_rate
+
+
+def _search_fidelity(config: Config, folder: Path) -> dict[str, float]:
+    """At the first state of each test episode: the share of predicted searches that reach
+    exactly BFS's cells at every layer up to the agent, and the share that first depart at
+    layer 1 (the goal's neighbours). Cached in the run folder."""
+    from envs.maze import NOT_REACHED, bfs_procedure
+    from il.policies.base import load_policy
+
+    cached = folder / "search.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    policy = load_policy(folder)
+    suite = envs.suite(f"maze/{config.layout}/{config.test_mazes}", split="test")
+    exact = at_first = total = 0
+    for task in suite.tasks:
+        env = suite.make(task.name)
+        for k in range(config.eval_episodes):
+            obs, _ = env.reset(seed=config.eval_seed + k)
+            expected = bfs_procedure(env.maze.walls, env.maze.goal, env.agent)[0] != NOT_REACHED
+            predicted = policy.procedures(obs["grid"][None])[0] != NOT_REACHED
+            wrong = [
+                layer
+                for layer in range(len(expected))
+                if layer >= len(predicted) or (predicted[layer] != expected[layer]).any()
+            ]
+            total += 1
+            exact += not wrong
+            at_first += bool(wrong) and wrong[0] == 0
+    result = {"episodes": total, "exact": exact / total, "first_error_at_layer_1": at_first / total}
+    write_json(cached, result)
+    return result
+
+
+def _tables(config: Config, results: list[dict[str, Any]]) -> tuple[ResultTable, ResultTable]:
+    test = ResultTable(
+        f"Success in {config.test_mazes} unseen test mazes", column_name="training mazes"
+    )
+    seen = ResultTable("Success in the training mazes", column_name="training mazes")
+    for r in sorted(results, key=lambda r: (r["train_mazes"], r["seed"])):
+        column = f"{r['train_mazes']} mazes"
+        test.add(r["method"], column, r["test_success"])
+        seen.add(r["method"], column, r["train_success"])
+    return test, seen
+
+
+def _write_results(
+    config: Config, out: Path, results: list[dict[str, Any]], expert: float, seconds: float
+) -> Path:
+    test, seen = _tables(config, results)
+    search = ResultTable(
+        "Procedure cloning's search at the start of the test episodes",
+        row_name="predicted BFS layers",
+        column_name="training mazes",
+    )
+    for r in sorted(results, key=lambda r: (r["train_mazes"], r["seed"])):
+        if "search" in r:
+            column = f"{r['train_mazes']} mazes"
+            search.add("all exact", column, r["search"]["exact"])
+            search.add("first wrong at layer 1", column, r["search"]["first_error_at_layer_1"])
+    chart = test.bar_chart(
+        out / "success.png",
+        ylabel="success on unseen mazes (%)",
+        reference=[(f"BFS expert {100 * expert:.0f}%", expert)],
+    )
+    train_s = sum(r["train_seconds"] for r in results)
+    eval_s = sum(r["eval_seconds"] for r in results)
+    write_json(
+        out / "results.json",
+        {
+            "config": asdict(config),
+            "expert_test_success": expert,
+            "tables": {"test": test.to_json(), "train": seen.to_json(), "search": search.to_json()},
+            "runs": results,
+            "seconds": {
+                "total_this_invocation": seconds,
+                "training": train_s,
+                "evaluation": eval_s,
+            },
+            "machine": {
+                "cpus": len(os.sched_getaffinity(0)),
+                "torch_threads": config.threads,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+        },
+    )
+    episodes = config.test_mazes * config.eval_episodes
+    text = "\n".join(
+        [
+            "# Procedure cloning on mazes",
+            "",
+            f"`{config.layout}` mazes; {config.demos_per_maze} expert demonstrations per "
+            f"training maze; {config.steps} steps, batch {config.batch_size}, lr {config.lr}, "
+            f"width {config.width}; {config.seeds} seeds; evaluation: {config.eval_episodes} "
+            f"episodes in each of {config.test_mazes} unseen test mazes ({episodes} episodes) "
+            "and in each training maze, success = the goal within 100 steps.",
+            "",
+            test.markdown(),
+            "",
+            f"BFS expert on the same test episodes: {100 * expert:.1f}%.",
+            "",
+            seen.markdown(),
+            "",
+            *([search.markdown(), ""] if search.rows else []),
+            f"![success on unseen mazes]({chart.name})",
+            "",
+            f"Training {train_s / 60:.1f} min and evaluation {eval_s / 60:.1f} min in all "
+            f"({len(results)} runs).",
+            "",
+        ]
+    )
+    path = out / "results.md"
+    path.write_text(text)
+    return path
