@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from envs.suite import TaskSuite
 
 __all__ = [
     "ACTIONS",
@@ -410,50 +412,15 @@ def _make_env(task: MazeTask, suite: str | None, kwargs: dict[str, Any]) -> Maze
 
 
 @dataclass(frozen=True)
-class MazeSuite:
+class MazeSuite(TaskSuite):
     """The first n mazes of a split, with the interface of a Meta-World `Suite`."""
 
-    name: str
-    split: str
     tasks: tuple[MazeTask, ...]
 
-    @property
-    def task_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.tasks)
+    build_env = staticmethod(_make_env)
 
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    def __iter__(self):
-        return iter(self.tasks)
-
-    def task(self, name: str) -> MazeTask:
-        for t in self.tasks:
-            if t.name == name:
-                return t
-        raise ValueError(f"{name!r} is not a maze of {self.name} ({self.split})")
-
-    def make(self, task: str | int, **kwargs: Any) -> MazeEnv:
-        chosen = self.tasks[task] if isinstance(task, int) else self.task(task)
-        return _make_env(chosen, self.name, kwargs)
-
-    def env_fns(self, envs_per_task: int = 1, **kwargs: Any) -> list[Callable[[], MazeEnv]]:
-        """Picklable constructors, task-major: `envs_per_task` copies of each maze in order."""
-        return [
-            functools.partial(_make_env, t, self.name, dict(kwargs))
-            for t in self.tasks
-            for _ in range(envs_per_task)
-        ]
-
-    def make_vec(
-        self, envs_per_task: int = 1, vectorization_mode: str = "sync", **kwargs: Any
-    ) -> gym.vector.VectorEnv:
-        fns = self.env_fns(envs_per_task, **kwargs)
-        if vectorization_mode == "sync":
-            return gym.vector.SyncVectorEnv(fns)
-        if vectorization_mode == "async":
-            return gym.vector.AsyncVectorEnv(fns, context="spawn")
-        raise ValueError(f"vectorization mode must be sync or async, not {vectorization_mode!r}")
+    def task_not_found(self, name: str) -> Exception:
+        return ValueError(f"{name!r} is not a maze of {self.name} ({self.split})")
 
 
 def load_suite(rest: str, split: str = "train") -> MazeSuite:

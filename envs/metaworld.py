@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from envs.camera import CameraModel
 from envs.rendering import Renderer, RenderOptions
+from envs.suite import TaskSuite
 
 __all__ = [
     "DIFFICULTY",
@@ -438,53 +439,18 @@ def _make_env(task: SuiteTask, suite: str | None, kwargs: dict[str, Any]) -> Met
 
 
 @dataclass(frozen=True)
-class Suite:
+class Suite(TaskSuite):
     """A list of tasks with fixed variations: a Meta-World benchmark split or a difficulty group."""
 
-    name: str
-    split: str
     tasks: tuple[SuiteTask, ...]
 
-    @property
-    def task_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.tasks)
+    build_env = staticmethod(_make_env)
 
-    def __len__(self) -> int:
-        return len(self.tasks)
+    def matches(self, task: SuiteTask, name: str) -> bool:
+        return task.name == name or task.name == f"{name}-v3"
 
-    def __iter__(self):
-        return iter(self.tasks)
-
-    def task(self, name: str) -> SuiteTask:
-        for t in self.tasks:
-            if t.name == name or t.name == f"{name}-v3":
-                return t
-        raise unknown(f"task of {self.name}", name, self.task_names)
-
-    def make(self, task: str | int, **kwargs: Any) -> MetaWorldEnv:
-        """One environment of the suite; keyword arguments as for `MetaWorldEnv`."""
-        suite_task = self.tasks[task] if isinstance(task, int) else self.task(task)
-        return _make_env(suite_task, self.name, kwargs)
-
-    def env_fns(self, envs_per_task: int = 1, **kwargs: Any) -> list[Callable[[], MetaWorldEnv]]:
-        """Picklable constructors, task-major: `envs_per_task` copies of each task in order."""
-        return [
-            functools.partial(_make_env, t, self.name, dict(kwargs))
-            for t in self.tasks
-            for _ in range(envs_per_task)
-        ]
-
-    def make_vec(
-        self, envs_per_task: int = 1, vectorization_mode: str = "sync", **kwargs: Any
-    ) -> gym.vector.VectorEnv:
-        """All tasks in one vector env. `async` runs each env in its own process (spawned, so
-        no GL or zarr state crosses a fork)."""
-        fns = self.env_fns(envs_per_task, **kwargs)
-        if vectorization_mode == "sync":
-            return gym.vector.SyncVectorEnv(fns)
-        if vectorization_mode == "async":
-            return gym.vector.AsyncVectorEnv(fns, context="spawn")
-        raise unknown("vectorization mode", vectorization_mode, ["sync", "async"])
+    def task_not_found(self, name: str) -> Exception:
+        return unknown(f"task of {self.name}", name, self.task_names)
 
 
 def load_suite(kind: str, split: str = "train", task: str | None = None, seed: int = 0) -> Suite:

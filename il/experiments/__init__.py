@@ -10,14 +10,16 @@ condition, seed) leaves its result in the output folder, and a re-run skips it.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from il.config import load_structured
 
-__all__ = ["EXPERIMENTS", "ExperimentError", "load", "make_config"]
+__all__ = ["EXPERIMENTS", "ExperimentError", "claim_folder", "load", "make_config"]
 
 EXPERIMENTS: dict[str, str] = {
     "pc-maze": "il.experiments.pc_maze",
@@ -28,6 +30,24 @@ EXPERIMENTS: dict[str, str] = {
 
 class ExperimentError(Exception):
     """An experiment that cannot run as asked; the message says what to change."""
+
+
+def claim_folder(out: Path, config: Any, selecting: Sequence[str]) -> None:
+    """Refuse to mix runs of a different protocol into `out`: every field of the config dataclass
+    but those in `selecting` (which only choose which runs to do) must match the saved one."""
+    from il.experiments.report import write_json
+
+    saved = out / "config.json"
+    mine = {k: v for k, v in asdict(config).items() if k not in selecting}
+    if saved.exists():
+        theirs = {k: v for k, v in json.loads(saved.read_text()).items() if k not in selecting}
+        if theirs != mine:
+            changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+            raise ExperimentError(
+                f"{out} holds this experiment with other settings ({', '.join(changed)}); "
+                "choose another --out or remove that folder"
+            )
+    write_json(saved, asdict(config))
 
 
 def load(name: str) -> ModuleType:
@@ -41,24 +61,4 @@ def load(name: str) -> ModuleType:
 def make_config(module: ModuleType, overrides: Sequence[str] = ()) -> Any:
     """The experiment's defaults with `key=value` overrides; an unknown key or a value of the
     wrong type is an `ExperimentError` naming it."""
-    for item in overrides:
-        if "=" not in item:
-            raise ExperimentError(f"override {item!r} is not key=value (e.g. steps=1000)")
-    schema = OmegaConf.structured(module.Config)
-    try:
-        merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or ""
-        first = str(e).splitlines()[0]
-        if "not in" in first or "Could not override" in first:
-            valid = ", ".join(str(k) for k in schema)
-            raise ExperimentError(f"unknown key {key!r}; keys: {valid}") from None
-        raise ExperimentError(f"bad value for {key!r}: {first}") from None
-    config = OmegaConf.to_object(merged)
-    check = getattr(config, "check", None)
-    if check is not None:
-        try:
-            check()
-        except ValueError as e:
-            raise ExperimentError(str(e)) from None
-    return config
+    return load_structured(module.Config, None, overrides, ExperimentError)

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 import envs
-from il.experiments import ExperimentError
+from il.experiments import claim_folder
 from il.experiments.report import ResultTable, write_json
 
 __all__ = ["Config", "run"]
@@ -103,7 +103,7 @@ def run(
     path of `results.md`. `on_progress(done, total, label)` follows the runs."""
     config.check()
     out = Path(out)
-    _claim(out, config)
+    claim_folder(out, config, _SELECTING)
     start = time.perf_counter()
     torch.set_num_threads(config.threads)
     n_max = max(config.train_mazes)
@@ -126,21 +126,6 @@ def run(
             folder = out / "runs" / "pc-maze" / f"{r['train_mazes']}-mazes" / f"seed{r['seed']}"
             r["search"] = _search_fidelity(config, folder)
     return _write_results(config, out, results, expert, time.perf_counter() - start)
-
-
-def _claim(out: Path, config: Config) -> None:
-    """Refuse to mix runs of a different protocol into `out`."""
-    saved = out / "config.json"
-    mine = {k: v for k, v in asdict(config).items() if k not in _SELECTING}
-    if saved.exists():
-        theirs = {k: v for k, v in json.loads(saved.read_text()).items() if k not in _SELECTING}
-        if theirs != mine:
-            changed = sorted(k for k in mine if mine[k] != theirs.get(k))
-            raise ExperimentError(
-                f"{out} holds this experiment with other settings ({', '.join(changed)}); "
-                "choose another --out or remove that folder"
-            )
-    write_json(saved, asdict(config))
 
 
 def _record(config: Config, store: Path, n_mazes: int) -> None:

@@ -42,11 +42,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from il.config import load_structured
 from il.data.normalize import Normalizer
 from il.data.store import DemoStore, StoreError
 from il.policies.base import DataSpec, Policy, register
@@ -183,31 +182,7 @@ class FewShotConfig:
 def load_options(cls: type, yaml_path: str | Path | None, overrides: Sequence[str]) -> Any:
     """`cls` defaults, then the YAML, then `key=value` overrides; an unknown key or a bad value
     is a one-line `PretrainError` naming it."""
-    for item in overrides:
-        if "=" not in item:
-            raise PretrainError(f"override {item!r} is not key=value (e.g. steps=5000)")
-    schema = OmegaConf.structured(cls)
-    try:
-        merged = schema
-        if yaml_path is not None:
-            merged = OmegaConf.merge(merged, OmegaConf.load(yaml_path))
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or ""
-        first = str(e).splitlines()[0]
-        if "not in" in first or "Could not override" in first:
-            raise PretrainError(
-                f"unknown key {key!r}; keys: {', '.join(str(k) for k in schema)}"
-            ) from None
-        raise PretrainError(f"bad value for {key!r}: {first}") from None
-    config = OmegaConf.to_object(merged)
-    check = getattr(config, "check", None)
-    if check is not None:
-        try:
-            check()
-        except ValueError as e:
-            raise PretrainError(str(e)) from None
-    return config
+    return load_structured(cls, yaml_path, overrides, PretrainError, example="steps=5000")
 
 
 # --- data ----------------------------------------------------------------------------------------
