@@ -20,6 +20,9 @@ Timestamps (`Frame.timestamp`, host wall clock in seconds):
   session that made the recording, so any other choice would make every played frame look
   stale.
 
+A stream's timestamps never run backwards: one earlier than the previous frame's (the wall
+clock stepped back, or the source changed between frames) is raised to it.
+
 The device's own frame timestamp, its domain and the colour frame number are kept on the
 `RealSenseFrame` (`device_timestamp_ms`, `timestamp_domain`, `frame_number`); `Frame.index` is
 the colour frame number, so gaps mean frames the device produced and this reader missed.
@@ -154,6 +157,7 @@ class RealSenseCamera(ThreadedCamera):
         self._playback: Any = None
         self._native: CameraIntrinsics | None = None
         self._last_number: int | None = None
+        self._last_stamp = float("-inf")
         self._count = 0
 
     @property
@@ -207,6 +211,7 @@ class RealSenseCamera(ThreadedCamera):
         self._native = CameraIntrinsics(k.width, k.height, k.fx, k.fy, k.ppx, k.ppy)
         self._align = rs.align(rs.stream.color) if self.depth else None
         self._last_number = None
+        self._last_stamp = float("-inf")
         self._count = 0
 
     def _check_connected(self, rs: Any) -> None:
@@ -290,7 +295,7 @@ class RealSenseCamera(ThreadedCamera):
         self._count += 1
         return RealSenseFrame(
             color=image,
-            timestamp=self._host_time(rs, color, domain, arrived),
+            timestamp=self._monotonic(self._host_time(rs, color, domain, arrived)),
             index=number,
             depth=depth_m,
             frame_number=number,
@@ -314,6 +319,10 @@ class RealSenseCamera(ThreadedCamera):
         raise DriverError(
             f"camera {self.name}: colour in {fmt.name} is not supported; record rgb8 or bgr8"
         )
+
+    def _monotonic(self, stamp: float) -> float:
+        self._last_stamp = max(stamp, self._last_stamp)
+        return self._last_stamp
 
     def _host_time(self, rs: Any, color: Any, domain: Any, arrived: float) -> float:
         if self.is_recording:
