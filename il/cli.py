@@ -870,7 +870,8 @@ def _parse_obs(obs: str) -> tuple[str, ...]:
     "--policy",
     default="bc",
     show_default=True,
-    help="The method: bc, diffusion, pc-maze, bc-maze, aug-bc-maze, aux-bc-maze.",
+    help="The method: bc, diffusion, pc-maze, bc-maze, aug-bc-maze, aux-bc-maze, "
+    "pc-metaworld, aux-bc-metaworld.",
 )
 @click.option(
     "--data",
@@ -1087,8 +1088,8 @@ def fewshot_(
 def experiment(name: str, seeds: int | None, out: Path | None, overrides: tuple[str, ...]) -> None:
     """Run a whole experiment in one command: record, train every method under every condition
     and seed, evaluate, and write results.md, results.json and a bar chart. NAME is one of:
-    pc-maze, id-door. OVERRIDES are key=value of the experiment's config, e.g. steps=1000
-    train_mazes=[5,20]. Re-running resumes: finished runs are kept."""
+    pc-maze, pc-metaworld, id-door. OVERRIDES are key=value of the experiment's config, e.g.
+    steps=1000 train_mazes=[5,20]. Re-running resumes: finished runs are kept."""
     from rich.markdown import Markdown
 
     from il.experiments import ExperimentError, load, make_config

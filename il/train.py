@@ -99,6 +99,8 @@ class DataConfig:
     """Only episodes of these tasks (default: all)."""
     only_success: bool = True
     """Only successful episodes."""
+    episodes: list[int] | None = None
+    """Only these episodes, by index in the store (default: all that pass the other filters)."""
     normalize: dict[str, str] = field(default_factory=lambda: {"action": "min_max"})
     """Normalization mode per key; vector observations default to mean_std, images to none."""
 
@@ -206,11 +208,15 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
             f"policy {config.policy} learns from {', '.join(missing)}, which {config.data.path} "
             "does not hold; record a store that has it"
         )
-    episodes = select_episodes(
-        store,
-        tasks=config.data.tasks,
-        success=True if config.data.only_success else None,
-    )
+    try:
+        episodes = select_episodes(
+            store,
+            tasks=config.data.tasks,
+            success=True if config.data.only_success else None,
+            episodes=config.data.episodes,
+        )
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
     if len(episodes) == 0:
         raise ConfigError(f"no episodes of {config.data.path} pass the data filters")
     train_eps, val_eps = split_episodes(episodes, config.train.val_fraction, config.train.seed)
@@ -233,6 +239,10 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
         is_image = len(store.schema.keys[key].shape) == 3
         modes[key] = config.data.normalize.get(key, "identity" if is_image else "mean_std")
     modes["action"] = config.data.normalize.get("action", "min_max")
+    # A method may learn continuous extra keys (a procedure's positions) on normalized values.
+    extra_modes = getattr(policy_class(config.policy), "extra_normalization", None)
+    for key, mode in (extra_modes(policy_config) if extra_modes is not None else {}).items():
+        modes[key] = config.data.normalize.get(key, mode)
     normalizer = Normalizer.from_store(store, modes, train_eps)
     source = store.schema.source
     # Where the observation tells the tasks apart (a maze's walls), the policy gets no task

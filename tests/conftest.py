@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Per method, the overrides that make its networks tiny.
 TINY_MODELS = {
     "bc": ["model.hidden=[64,64]"],
+    "pc-metaworld": ["model.hidden=[32,32]", "model.head_hidden=[32]"],
+    "aux-bc-metaworld": ["model.hidden=[32,32]", "model.head_hidden=[32]"],
     "diffusion": [
         "model.down_dims=[16,32]",
         "model.step_embedding=16",

@@ -78,8 +78,15 @@ def select_episodes(
     if success is not None:
         keep &= meta["success"] == success
     if episodes is not None:
+        wanted = np.asarray(list(episodes), dtype=np.int64)
+        outside = wanted[(wanted < 0) | (wanted >= store.num_episodes)]
+        if len(outside):
+            raise StoreError(
+                f"episode(s) {outside[:3].tolist()} do not exist: {store.path} has episodes "
+                f"0..{store.num_episodes - 1}"
+            )
         chosen = np.zeros_like(keep)
-        chosen[np.asarray(list(episodes), dtype=np.int64)] = True
+        chosen[wanted] = True
         keep &= chosen
     return np.flatnonzero(keep)
 

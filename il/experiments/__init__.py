@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import platform
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -19,10 +22,21 @@ from typing import Any
 
 from il.config import load_structured
 
-__all__ = ["EXPERIMENTS", "ExperimentError", "claim_folder", "load", "make_config"]
+__all__ = [
+    "EXPERIMENTS",
+    "ExperimentError",
+    "begin",
+    "claim_folder",
+    "finished",
+    "load",
+    "machine",
+    "make_config",
+    "start_over_unless",
+]
 
 EXPERIMENTS: dict[str, str] = {
     "pc-maze": "il.experiments.pc_maze",
+    "pc-metaworld": "il.experiments.pc_metaworld",
     "id-door": "il.experiments.id_door",
 }
 """Name → module. Each module's docstring is its description."""
@@ -48,6 +62,45 @@ def claim_folder(out: Path, config: Any, selecting: Sequence[str]) -> None:
                 "choose another --out or remove that folder"
             )
     write_json(saved, asdict(config))
+
+
+def begin(config: Any, out: str | Path, selecting: Sequence[str]) -> Path:
+    """What every experiment's `run` does first: check the config, claim the output folder for
+    this protocol, and pin torch's threads (`config.threads`)."""
+    import torch
+
+    config.check()
+    out = Path(out)
+    claim_folder(out, config, selecting)
+    torch.set_num_threads(config.threads)
+    return out
+
+
+def finished(folder: Path) -> dict[str, Any] | None:
+    """The result a run left in `folder/result.json`, or None where it has not finished."""
+    result = folder / "result.json"
+    return json.loads(result.read_text()) if result.exists() else None
+
+
+def start_over_unless(folder: Path, marker: str) -> bool:
+    """Whether `folder` holds a finished product (`marker`, a path inside it); if not, whatever
+    an interrupted run left there is removed, so the run starts over from nothing."""
+    if (folder / marker).exists():
+        return True
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
+
+
+def machine(threads: int) -> dict[str, Any]:
+    """Where the figures were measured, for `results.json`."""
+    import torch
+
+    return {
+        "cpus": len(os.sched_getaffinity(0)),
+        "torch_threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def load(name: str) -> ModuleType:

@@ -26,8 +26,6 @@ A re-run skips what is finished.
 from __future__ import annotations
 
 import json
-import platform
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,7 +35,7 @@ from typing import Any
 import torch
 
 import envs
-from il.experiments import claim_folder
+from il.experiments import begin, finished, machine, start_over_unless
 from il.experiments.report import ResultTable, write_json
 
 __all__ = ["Config", "run"]
@@ -122,11 +120,8 @@ def run(
 ) -> Path:
     """Do every missing step of the experiment in `out`, then write the results; returns the
     path of `results.md`. `on_progress(done, total, label)` follows the steps."""
-    config.check()
-    out = Path(out)
-    claim_folder(out, config, _SELECTING)
+    out = begin(config, out, _SELECTING)
     start = time.perf_counter()
-    torch.set_num_threads(config.threads)
     objectives = [m for m in config.methods if m not in ("scratch", "state")]
     jobs = [(m, n, s) for m in config.methods for n in config.demos for s in range(config.seeds)]
     total = 2 + len(objectives) + len(jobs)
@@ -178,8 +173,7 @@ def _pretrain(config: Config, out: Path, store: Path, objective: str) -> dict[st
 
     folder = out / "encoders" / objective
     description = folder / "encoder.json"
-    if not description.exists():
-        shutil.rmtree(folder, ignore_errors=True)
+    if not start_over_unless(folder, "encoder.json"):
         pc = PretrainConfig(
             objective=objective,
             data=str(store),
@@ -202,12 +196,10 @@ def _finetune_and_evaluate(
     from il.policies.id_pretraining import FewShotConfig, fewshot
 
     folder = out / "runs" / method / f"{n}-demos" / f"seed{seed}"
-    result_file = folder / "result.json"
-    if result_file.exists():
-        return json.loads(result_file.read_text())
+    if (done := finished(folder)) is not None:
+        return done
     t0 = time.perf_counter()
-    if not (folder / "policy.json").exists():
-        shutil.rmtree(folder, ignore_errors=True)
+    if not start_over_unless(folder, "policy.json"):
         fc = FewShotConfig(
             encoder=method if method in ("scratch", "state") else str(out / "encoders" / method),
             data=str(store),
@@ -239,7 +231,7 @@ def _finetune_and_evaluate(
         "train_seconds": t1 - t0,
         "eval_seconds": time.perf_counter() - t1,
     }
-    write_json(result_file, result)
+    write_json(folder / "result.json", result)
     return result
 
 
@@ -292,11 +284,7 @@ def _write_results(
                 "finetuning": train_s,
                 "evaluation": eval_s,
             },
-            "machine": {
-                "threads": torch.get_num_threads(),
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-            },
+            "machine": machine(config.threads),
         },
     )
     losses = [

@@ -26,9 +26,6 @@ Everything lands in the output folder: the store, a run folder per (method, n, s
 from __future__ import annotations
 
 import json
-import os
-import platform
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,7 +35,7 @@ from typing import Any
 import torch
 
 import envs
-from il.experiments import claim_folder
+from il.experiments import begin, finished, machine, start_over_unless
 from il.experiments.report import ResultTable, write_json
 
 __all__ = ["Config", "run"]
@@ -101,11 +98,8 @@ def run(
 ) -> Path:
     """Do every missing run of the experiment in `out`, then write the results; returns the
     path of `results.md`. `on_progress(done, total, label)` follows the runs."""
-    config.check()
-    out = Path(out)
-    claim_folder(out, config, _SELECTING)
+    out = begin(config, out, _SELECTING)
     start = time.perf_counter()
-    torch.set_num_threads(config.threads)
     n_max = max(config.train_mazes)
     store = out / "data" / f"{config.layout}-{n_max}mazes.zarr"
     jobs = [
@@ -147,12 +141,10 @@ def _train_and_evaluate(
     from il.train import load_config, train
 
     folder = out / "runs" / method / f"{n}-mazes" / f"seed{seed}"
-    result_file = folder / "result.json"
-    if result_file.exists():
-        return json.loads(result_file.read_text())
+    if (done := finished(folder)) is not None:
+        return done
     t0 = time.perf_counter()
-    if not (folder / "checkpoints" / "last" / "policy.json").exists():
-        shutil.rmtree(folder, ignore_errors=True)  # an interrupted run starts over
+    if not start_over_unless(folder, "checkpoints/last/policy.json"):
         every = max(1, config.steps // 20)
         run_config = load_config(
             method,
@@ -195,7 +187,7 @@ def _train_and_evaluate(
         "train_seconds": t1 - t0,
         "eval_seconds": time.perf_counter() - t1,
     }
-    write_json(result_file, result)
+    write_json(folder / "result.json", result)
     return result
 
 
@@ -292,12 +284,7 @@ def _write_results(
                 "training": train_s,
                 "evaluation": eval_s,
             },
-            "machine": {
-                "cpus": len(os.sched_getaffinity(0)),
-                "torch_threads": config.threads,
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-            },
+            "machine": machine(config.threads),
         },
     )
     episodes = config.test_mazes * config.eval_episodes

@@ -404,4 +404,5 @@ def _import_methods() -> None:
     import il.policies.diffusion
     import il.policies.id_pretraining
     import il.policies.maze_bc
-    import il.policies.procedure_cloning  # noqa: F401
+    import il.policies.procedure_cloning
+    import il.policies.procedure_cloning_metaworld  # noqa: F401
