@@ -177,9 +177,10 @@ class KeyboardTeleop(Teleop):
             )
         listener = keyboard.Listener(on_press=self._on_press, on_release=self._on_release)
         listener.start()
-        listener.wait()  # returns once the listener has set up its X recording
+        listener.wait()  # returns once the listener has created its X recording
         self._listener = listener
         self._display = os.environ.get("DISPLAY", "")
+        self._wait_recording(listener)
         log.debug("keyboard teleop listening on %s", self._display)
 
     def disconnect(self) -> None:
@@ -189,23 +190,62 @@ class KeyboardTeleop(Teleop):
         listener.stop()
         # pynput asks the server to end the recording on the connection its thread is blocked
         # reading, so the thread only wakes at the next key event; ending it from a second
-        # connection makes the server answer at once.
+        # connection makes the server answer at once. pynput reports itself ready just before
+        # it enables the recording, so a disable can arrive first and do nothing: repeat it
+        # until the thread has ended (bounded).
         context = getattr(listener, "_context", None)
-        if context is not None and listener.is_alive():
-            try:
-                import Xlib.display
-
-                connection = Xlib.display.Display(self._display)
-                try:
-                    connection.record_disable_context(context)
-                    connection.flush()
-                finally:
-                    connection.close()
-            except Exception as e:  # the display is gone: the thread ends by itself
-                log.debug("keyboard teleop: could not end the X recording: %s", e)
+        deadline = time.monotonic() + 5.0
+        while context is not None and listener.is_alive() and time.monotonic() < deadline:
+            if not self._end_recording(context):
+                break
+            listener.join(timeout=0.1)
         listener.join(timeout=2.0)
         with self._lock:
             self._held.clear()
+
+    def _wait_recording(self, listener: Any, timeout: float = 5.0) -> None:
+        """Return once the X server records for `listener`. pynput reports itself ready just
+        before it enables the recording, and keys pressed in between are lost; on Linux, ask
+        the server until it says the context is enabled (bounded)."""
+        context = getattr(listener, "_context", None)
+        if context is None or not sys.platform.startswith(("linux", "freebsd", "openbsd")):
+            return
+        try:
+            import Xlib.display
+
+            connection = Xlib.display.Display(self._display)
+        except Exception as e:
+            log.debug("keyboard teleop: cannot ask whether the X recording runs: %s", e)
+            return
+        try:
+            opcode = connection.display.get_extension_major("RECORD")
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and listener.is_alive():
+                if _record_context_enabled(connection, opcode, context):
+                    return
+                time.sleep(0.005)
+            log.debug("keyboard teleop: the X recording did not start within %.0f s", timeout)
+        except Exception as e:
+            log.debug("keyboard teleop: cannot ask whether the X recording runs: %s", e)
+        finally:
+            connection.close()
+
+    def _end_recording(self, context: Any) -> bool:
+        """Disable the X recording `context` from a connection of our own; False where the
+        display cannot be reached (then the listener's thread ends by itself)."""
+        try:
+            import Xlib.display
+
+            connection = Xlib.display.Display(self._display)
+            try:
+                connection.record_disable_context(context)
+                connection.flush()
+            finally:
+                connection.close()
+        except Exception as e:
+            log.debug("keyboard teleop: could not end the X recording: %s", e)
+            return False
+        return True
 
     def _on_press(self, key: Any) -> None:
         name = key_name(key)
@@ -245,3 +285,26 @@ class KeyboardTeleop(Teleop):
             if action in MOTION_ACTIONS:
                 motion[TWIST_NAMES.index(action[1:])] += 1.0 if action[0] == "+" else -1.0
         return self._controls.state(twist_from(motion, self.scale, self.rotation_scale), now)
+
+
+def _record_context_enabled(connection: Any, opcode: int, context: int) -> bool:
+    """RECORD's GetContext, whose reply says whether the context is enabled: python-xlib's own
+    request of that name drops that byte (and fails to parse the client list)."""
+    from Xlib.ext import record
+    from Xlib.protocol import rq
+
+    class GetContext(rq.ReplyRequest):
+        _request = record.GetContext._request
+        _reply = rq.Struct(
+            rq.ReplyCode(),
+            rq.Card8("enabled"),
+            rq.Card16("sequence_number"),
+            rq.ReplyLength(),
+            rq.Card8("element_header"),
+            rq.Pad(3),
+            rq.Card32("clients"),  # the client list after it is not needed (nor parsed)
+            rq.Pad(16),
+        )
+
+    reply = GetContext(display=connection.display, opcode=opcode, context=context)
+    return bool(reply.enabled)
