@@ -195,7 +195,8 @@ class PCMetaWorldPolicy(IntermediateOutput, Policy):
         target = self._head("target", h, [positions, self._one_hot(phase)])
         if len(h) == 1:  # one observation, as in act(): the chain is readable and overridable
             chain = self.resolve_intermediate(self._readable(positions[0], phase[0], target[0]))
-            positions, phase, target = self._from_readable(chain, h.device)
+            if self.config.chain:
+                positions, phase, target = self._from_readable(chain, h.device)
         action = self._head("action", h, [positions, self._one_hot(phase), target])
         return action[:, None]  # b 1 a
 
@@ -248,7 +249,9 @@ class AuxBCMetaWorldConfig(PCMetaWorldConfig):
 
 @register
 class AuxBCMetaWorldPolicy(PCMetaWorldPolicy):
-    """The same heads and losses as `pc-metaworld`, each on the trunk's features alone."""
+    """The same heads and losses as `pc-metaworld`, each on the trunk's features alone. Its
+    predicted procedure is readable after `act()` like pc-metaworld's, but the action does not
+    depend on it, so an override changes nothing."""
 
     name = "aux-bc-metaworld"
     Config = AuxBCMetaWorldConfig
