@@ -468,7 +468,8 @@ def _robot_session(
     )
     policy = None
     if checkpoint is not None:
-        from il.policies.base import CheckpointError, load_policy
+        from il.policies.base import CheckpointError
+        from il.policies.registry import load_policy
 
         try:
             policy = load_policy(checkpoint)

@@ -322,7 +322,7 @@ class CheckpointPolicies:
 
         import torch
 
-        from il.policies.base import load_policy
+        from il.policies.registry import load_policy
 
         if self._loaded is None:
             torch.set_num_threads(1)  # one env per core: the workers are the parallelism
@@ -357,7 +357,8 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint in the env it describes: its suite (or `suite`), its observation
     keys, image size and episode length. `act_ahead`: roll out as a deployment with
     `Policy.set_act_ahead` would."""
-    from il.policies.base import load_policy, resolve_checkpoint
+    from il.policies.base import resolve_checkpoint
+    from il.policies.registry import load_policy
 
     folder = resolve_checkpoint(checkpoint)
     policy = load_policy(folder)

@@ -37,7 +37,8 @@ from il.data.normalize import Normalizer
 from il.data.sampler import WindowSampler, select_episodes, split_episodes, window_spec
 from il.data.store import DemoStore, StoreError
 from il.policies import text
-from il.policies.base import _REGISTRY, DataSpec, Policy, _import_methods
+from il.policies.base import DataSpec, Policy
+from il.policies.registry import METHODS
 
 __all__ = ["ConfigError", "RunConfig", "TrainConfig", "load_config", "train"]
 
@@ -118,10 +119,9 @@ class RunConfig:
 
 # --- configuration -------------------------------------------------------------------------------
 def policy_class(name: str) -> type[Policy]:
-    _import_methods()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown policy {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    if name not in METHODS:
+        raise ConfigError(f"unknown policy {name!r}; choose one of: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
 
 
 def load_config(

@@ -12,7 +12,6 @@ import torch
 
 import envs
 from il.experiments import ExperimentError, load, make_config
-from il.policies.base import load_policy
 from il.policies.blocks import ConvKeypointEncoder, random_crop
 from il.policies.id_pretraining import (
     OBJECTIVES,
@@ -25,6 +24,7 @@ from il.policies.id_pretraining import (
     load_options,
     pretrain,
 )
+from il.policies.registry import load_policy
 from il.record import record_expert
 
 TINY = ["encoder.channels=[8,8,8,8]", "encoder.features=16", "hidden=[32]", "encoder.crop_pad=2"]

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 import envs
 from il.evaluate import evaluate_checkpoint
 from il.policies import text
-from il.policies.base import load_policy
 from il.policies.blocks import ResNet18, TaskConditioning
 from il.policies.diffusion import ConditionalUnet1D, NoiseSchedule
+from il.policies.registry import load_policy
 from il.train import ConfigError, train
 
 

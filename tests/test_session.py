@@ -248,7 +248,7 @@ def test_teleop_recording_driven_by_a_virtual_keyboard(tmp_path):
 def test_deploy_records_a_gamepad_intervention_as_such(checkpoint, tmp_path, monkeypatch):
     from test_teleop import VirtualPad, sdl_library
 
-    from il.policies.base import load_policy
+    from il.policies.registry import load_policy
     from robots.teleop import GamepadTeleop
 
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 import envs
 from il.data.store import DemoStore
 from il.evaluate import evaluate_checkpoint
-from il.policies.base import CheckpointError, load_policy
+from il.policies.base import CheckpointError
+from il.policies.registry import load_policy
 from il.train import ConfigError, train
 
 IL = [sys.executable, "-m", "il.cli"]

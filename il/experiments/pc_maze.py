@@ -212,7 +212,7 @@ def _search_fidelity(config: Config, folder: Path) -> dict[str, float]:
     exactly BFS's cells at every layer up to the agent, and the share that first depart at
     layer 1 (the goal's neighbours). Cached in the run folder."""
     from envs.maze import NOT_REACHED, bfs_procedure
-    from il.policies.base import load_policy
+    from il.policies.registry import load_policy
 
     cached = folder / "search.json"
     if cached.exists():

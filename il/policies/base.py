@@ -10,7 +10,8 @@ A checkpoint is a folder: `model.safetensors` (weights and normalization buffers
 `policy.json` (method name, its config, the data spec — observation keys and shapes, action
 size and convention, task list, env identity — and the normalization statistics). That is
 enough to rebuild the policy and its environment without the training config, and nothing in it
-is unpickled.
+is unpickled. `il.policies.registry.load_policy` rebuilds it: that module knows every method,
+this one none.
 """
 
 from __future__ import annotations
@@ -26,34 +27,26 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from il.data.normalize import Normalizer
-from il.policies import text
 
 __all__ = [
     "CheckpointError",
     "DataSpec",
     "Policy",
-    "load_policy",
+    "build_config",
     "read_description",
-    "register",
+    "resolve_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "il.policy"
 CHECKPOINT_VERSION = 1
-_REGISTRY: dict[str, type[Policy]] = {}
 
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be loaded; the message says why and what to do."""
-
-
-def register(cls: type[Policy]) -> type[Policy]:
-    """Make a policy class loadable by its `name` (a class decorator)."""
-    _REGISTRY[cls.name] = cls
-    return cls
 
 
 @dataclass
@@ -346,35 +339,6 @@ def read_description(path: str | Path) -> dict[str, Any]:
     return description
 
 
-def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
-    """Rebuild a policy from a checkpoint folder (or a run folder: its latest checkpoint)."""
-    directory = resolve_checkpoint(path)
-    description = read_description(directory)
-    _import_methods()
-    cls = _REGISTRY.get(description.get("policy", ""))
-    if cls is None:
-        raise CheckpointError(
-            f"{directory} holds policy {description.get('policy')!r}, which this il does not "
-            f"know; known: {', '.join(sorted(_REGISTRY))}"
-        )
-    config = build_config(cls.Config, description["config"])
-    spec = DataSpec(**description["spec"])
-    normalizer = Normalizer.from_json(description["normalizer"])
-    with text.from_checkpoint():  # instruction embeddings come with the weights
-        policy = cls(config, spec, normalizer)
-    try:
-        state = load_file(str(directory / "model.safetensors"))
-    except Exception as e:  # safetensors raises several types for a damaged file
-        raise CheckpointError(f"{directory}/model.safetensors cannot be read: {e}") from None
-    missing, unexpected = policy.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{directory}: weights do not fit the policy (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}); the checkpoint and policy.json disagree"
-        )
-    return policy.to(device).eval()
-
-
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder from a checkpoint folder or a run folder (→ `checkpoints/last`)."""
     path = Path(path)
@@ -396,13 +360,3 @@ def build_config(cls: type, values: Mapping[str, Any]) -> Any:
     if unknown:
         raise CheckpointError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
     return cls(**values)
-
-
-def _import_methods() -> None:
-    """Import every method module so its `@register` has run."""
-    import il.policies.bc
-    import il.policies.diffusion
-    import il.policies.id_pretraining
-    import il.policies.maze_bc
-    import il.policies.procedure_cloning
-    import il.policies.procedure_cloning_metaworld  # noqa: F401

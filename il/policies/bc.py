@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from il.data.normalize import Normalizer
-from il.policies.base import DataSpec, Policy, register
+from il.policies.base import DataSpec, Policy
 from il.policies.blocks import MLP, ObservationConfig, ObservationEncoder
 
 __all__ = ["BCConfig", "BCPolicy"]
@@ -52,7 +52,6 @@ class BCConfig(ObservationConfig):
     """Floor of each component's standard deviation (normalized units): keeps likelihood finite."""
 
 
-@register
 class BCPolicy(Policy):
     name = "bc"
     Config = BCConfig

@@ -26,7 +26,7 @@ from einops import rearrange
 from torch import nn
 
 from il.data.normalize import Normalizer
-from il.policies.base import DataSpec, Policy, register
+from il.policies.base import DataSpec, Policy
 from il.policies.blocks import ObservationConfig, ObservationEncoder
 
 __all__ = ["ConditionalUnet1D", "DiffusionConfig", "DiffusionPolicy", "NoiseSchedule"]
@@ -219,7 +219,6 @@ class ConditionalUnet1D(nn.Module):
 
 
 # --- the policy ----------------------------------------------------------------------------------
-@register
 class DiffusionPolicy(Policy):
     name = "diffusion"
     Config = DiffusionConfig

@@ -48,7 +48,7 @@ from torch import nn
 from il.config import load_structured
 from il.data.normalize import Normalizer
 from il.data.store import DemoStore, StoreError
-from il.policies.base import DataSpec, Policy, register
+from il.policies.base import DataSpec, Policy
 from il.policies.blocks import MLP, ConvKeypointEncoder
 
 __all__ = [
@@ -506,7 +506,6 @@ class PretrainedBCConfig:
     """Tasks of the encoder's pretraining data: provenance, and the held-out check."""
 
 
-@register
 class PretrainedBCPolicy(Policy):
     """MLP(φ(image)) → action, with φ pretrained and frozen, or trained from scratch; or
     MLP(state) for the `state` reference."""

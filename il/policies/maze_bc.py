@@ -32,7 +32,7 @@ from torch import nn
 
 from envs.maze import NOT_REACHED
 from il.data.normalize import Normalizer
-from il.policies.base import DataSpec, Policy, register
+from il.policies.base import DataSpec, Policy
 from il.policies.procedure_cloning import (
     LAYERS_KEY,
     MAPS_KEY,
@@ -136,7 +136,6 @@ def augment_grids(grid: torch.Tensor, shift: float, zoom: float) -> torch.Tensor
     return F.grid_sample(grid, sampling, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-@register
 class MazeBCPolicy(Policy):
     """Behaviour cloning on maze grids; `aug-bc-maze` and `aux-bc-maze` are its variants."""
 
@@ -216,13 +215,11 @@ class MazeBCPolicy(Policy):
         return action.cpu().numpy().astype(np.int64)
 
 
-@register
 class AugMazeBCPolicy(MazeBCPolicy):
     name = "aug-bc-maze"
     Config = AugMazeBCConfig
 
 
-@register
 class AuxMazeBCPolicy(MazeBCPolicy):
     name = "aux-bc-maze"
     Config = AuxMazeBCConfig

@@ -36,7 +36,7 @@ from torch import nn
 
 from envs.maze import AGENT, NOT_REACHED
 from il.data.normalize import Normalizer
-from il.policies.base import DataSpec, Policy, register
+from il.policies.base import DataSpec, Policy
 from il.policies.hierarchy import IntermediateOutput
 from il.record_maze import LAYERS_KEY, MAPS_KEY
 
@@ -115,7 +115,6 @@ def random_action(generator: torch.Generator | None = None) -> int:
     return int(torch.randint(NOT_REACHED, (1,), generator=generator))
 
 
-@register
 class PCMazePolicy(IntermediateOutput, Policy):
     """Procedure cloning with a BFS step model; the intermediate output is the procedure."""
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from il.data.normalize import Normalizer
-from il.policies.base import DataSpec, Policy, register
+from il.policies.base import DataSpec, Policy
 from il.policies.blocks import MLP, ObservationConfig, ObservationEncoder
 from il.policies.hierarchy import IntermediateOutput
 
@@ -73,7 +73,6 @@ class PCMetaWorldConfig(ObservationConfig):
     """Weight of the procedure losses beside the action's."""
 
 
-@register
 class PCMetaWorldPolicy(IntermediateOutput, Policy):
     """Chained heads observation → positions → phase → target → action."""
 
@@ -247,7 +246,6 @@ class AuxBCMetaWorldConfig(PCMetaWorldConfig):
     chain: bool = False
 
 
-@register
 class AuxBCMetaWorldPolicy(PCMetaWorldPolicy):
     """The same heads and losses as `pc-metaworld`, each on the trunk's features alone. Its
     predicted procedure is readable after `act()` like pc-metaworld's, but the action does not
