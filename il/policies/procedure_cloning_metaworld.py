@@ -66,7 +66,7 @@ class PCMetaWorldConfig(ObservationConfig):
     head_hidden: list[int] = field(default_factory=lambda: [256])
     """Widths of each link's head (positions, phase, target, action)."""
     max_phases: int = 16
-    """Phase classes (Meta-World's experts have at most 9 phases)."""
+    """Phase classes (Meta-World's experts have at most 6 phases)."""
     chain: bool = True
     """Feed each head the links before it (procedure cloning); False gives aux-BC."""
     procedure_weight: float = 1.0
