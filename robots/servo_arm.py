@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ import numpy as np
 from robots.base import ActionSpec, ConnectionLost, DriverError, Robot, vendor_library
 
 __all__ = [
+    "BUSES",
     "MODELS",
     "ArmModel",
     "Calibration",
@@ -680,19 +682,24 @@ class MotorBus(abc.ABC):
         return found
 
 
+BUSES: dict[str, tuple[str, str]] = {
+    "dynamixel": ("robots.dynamixel", "DynamixelBus"),
+    "feetech": ("robots.feetech", "FeetechBus"),
+}
+"""Protocol name → (module, class) of its `MotorBus`. The protocol modules build on this one,
+so they are found by name, as `robots.registry` finds drivers, and only the named one (with its
+vendor SDK) is imported."""
+
+
 def open_bus(
     bus: str, port: str, *, baudrate: int = 1_000_000, timeout_ms: float | None = None
 ) -> MotorBus:
     """A bus by protocol name ("dynamixel" or "feetech"), not yet connected."""
-    if bus == "dynamixel":
-        from robots.dynamixel import DynamixelBus
-
-        return DynamixelBus(port, baudrate=baudrate, timeout_ms=timeout_ms)
-    if bus == "feetech":
-        from robots.feetech import FeetechBus
-
-        return FeetechBus(port, baudrate=baudrate, timeout_ms=timeout_ms)
-    raise DriverError(f"unknown servo bus {bus!r}; valid: dynamixel, feetech")
+    if bus not in BUSES:
+        raise DriverError(f"unknown servo bus {bus!r}; valid: {', '.join(BUSES)}")
+    module, name = BUSES[bus]
+    cls = getattr(importlib.import_module(module), name)
+    return cls(port, baudrate=baudrate, timeout_ms=timeout_ms)
 
 
 # ---------------------------------------------------------------------------------- calibration

@@ -72,18 +72,21 @@ class Config:
     eval_episodes: int = 20
     eval_seed: int = 0
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    seeds: int = 3
-    """Fine-tuning seeds per (method, demos); each encoder is pretrained once."""
-    pretrain_steps: int = 500
-    """Steps of every objective (the paper's 100k)."""
+    seeds: int = 5
+    """Fine-tuning seeds per (method, demos), as the paper's 5; each encoder is pretrained
+    once."""
+    pretrain_steps: int = 5000
+    """Steps of every objective (the paper's 100k; 5000 of batch 64 take 5-10 minutes an
+    objective on two CPU cores)."""
     pretrain_batch: int = 64
     """(The paper's 256.)"""
     channels: list[int] = field(default_factory=lambda: [16, 32, 32, 32])
     """Conv channels of the encoder (the paper's 32, 64, 128, 256: 6× slower on a CPU)."""
     finetune_steps: int = 2000
     """Head steps on the pre-encoded demos (the paper's 10k)."""
-    scratch_steps: int = 500
-    """End-to-end steps of the `scratch` reference (as many as an objective's pretraining)."""
+    scratch_steps: int = 2000
+    """End-to-end steps of the `scratch` reference: as many as the heads of the pretrained
+    encoders get, so that the reference is not undertrained."""
     finetune_batch: int = 64
     threads: int = 2
     """torch threads for training."""
