@@ -274,6 +274,17 @@ def test_gmm_head_keeps_both_branches_where_regression_averages_them(head):
         np.testing.assert_array_equal(episode(3), episode(3))
         assert not np.array_equal(episode(3), episode(4))
 
+        # `gmm_act: best` executes the heavier mode every time, whatever the seed
+        policy.config.gmm_act = "best"
+        best = np.concatenate([episode(3), episode(4)])[:, 0]
+        assert np.all(np.abs(np.abs(best) - 0.8) < 0.1) and len(np.unique(np.sign(best))) == 1
+
+
+def test_unknown_gmm_act_is_a_config_error(store_path, tmp_path):
+    config = config_for(store_path, tmp_path / "x", "model.head=gmm", "model.gmm_act=mean")
+    with pytest.raises(ConfigError, match=r"model\.gmm_act must be"):
+        train(config)
+
 
 def test_unknown_bc_head_is_a_config_error(store_path, tmp_path):
     config = config_for(store_path, tmp_path / "x", "model.head=flow")

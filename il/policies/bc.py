@@ -50,6 +50,10 @@ class BCConfig(ObservationConfig):
     """Mixture components of the `gmm` head."""
     gmm_min_std: float = 0.01
     """Floor of each component's standard deviation (normalized units): keeps likelihood finite."""
+    gmm_act: str = "sample"
+    """How the `gmm` head acts: `sample` draws a mode by its weight (alternates between branches
+    as the expert does), `best` takes the most likely mode (never executes a mode the mixture
+    gives little weight)."""
 
 
 class BCPolicy(Policy):
@@ -62,6 +66,8 @@ class BCPolicy(Policy):
             raise ValueError(f"model.head must be 'mse' or 'gmm', not {config.head!r}")
         if config.head == "gmm" and config.gmm_modes < 1:
             raise ValueError(f"model.gmm_modes must be at least 1, not {config.gmm_modes}")
+        if config.gmm_act not in ("sample", "best"):
+            raise ValueError(f"model.gmm_act must be 'sample' or 'best', not {config.gmm_act!r}")
         self.chunk_dim = config.action_horizon * spec.action_dim
         modes = config.gmm_modes if config.head == "gmm" else 0
         # gmm: per mode a mean and a log-std per chunk value, and one logit
@@ -91,8 +97,11 @@ class BCPolicy(Policy):
     def predict_chunk(self, obs: Mapping[str, torch.Tensor], task: torch.Tensor) -> torch.Tensor:
         if self.config.head == "gmm":
             logits, means, _ = self.mixture(obs, task)
-            probs = logits.float().softmax(-1)
-            mode = torch.multinomial(probs, 1, generator=self.generator)[:, 0]  # b
+            if self.config.gmm_act == "best":
+                mode = logits.argmax(-1)
+            else:
+                probs = logits.float().softmax(-1)
+                mode = torch.multinomial(probs, 1, generator=self.generator)[:, 0]  # b
             out = means[torch.arange(len(mode), device=mode.device), mode]
         else:
             out = self.head(self.encoder(obs, task))
