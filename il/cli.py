@@ -241,7 +241,7 @@ def eval_(
                     n_tasks = len(_suite_and_obs(env, split, None)[0].tasks)
                 else:
                     n_tasks = len(trained_env.get("tasks") or [None])
-                workers = workers or min(_cpu_count(), n_tasks)
+                workers = workers or min(_cpu_count(), n_tasks * episodes_per_task)
                 where = env or trained_env.get("suite", "its suite")
                 bar.update(
                     job,
@@ -256,7 +256,7 @@ def eval_(
             policy = learned["policy"]
         else:
             suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs)
-            workers = workers or min(_cpu_count(), len(suite.tasks))
+            workers = workers or min(_cpu_count(), len(suite.tasks) * episodes_per_task)
             bar.update(
                 job,
                 description=f"expert on {suite.name}",

@@ -1,18 +1,20 @@
 """Evaluation: roll policies out on a suite of tasks, in parallel, with fixed seeds.
 
-Work is split into jobs of a few tasks each; every job runs in its own spawned process and steps
-its tasks' environments together, one episode per task at a time, stepping only the environments
-whose episode is still running. Episode `k` of every task is reset with seed `seed + k`, which fixes
-its Meta-World variation: two runs of the same command produce the same table.
+Work is split into jobs, each a block of consecutive episodes of one task, about sixteen per
+worker; spawned worker processes take them from a queue as they finish, so a long task does not
+leave a worker idle at the end, and one task alone still spreads over every worker. A worker keeps
+its envs and policies from one job to the next. Episode `k` of every task is reset with seed
+`seed + k`, which fixes its Meta-World variation and seeds a stochastic policy: two runs of the same
+command produce the same table, whatever the number of workers.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import math
 import multiprocessing as mp
 import os
-import queue
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -110,9 +112,12 @@ class EvalReport:
 
 @dataclass(frozen=True)
 class _Job:
+    """A block of consecutive episodes of one task: the unit a worker takes from the queue."""
+
     suite: str
-    tasks: tuple[SuiteTask, ...]
-    episodes_per_task: int
+    task: SuiteTask
+    episodes: tuple[int, ...]
+    """Episode numbers; episode k is reset with seed `seed + k`."""
     seed: int
     env_kwargs: dict[str, Any]
     policy_factory: PolicyFactory
@@ -120,67 +125,86 @@ class _Job:
     video_episodes: int
     video_size: int
     suite_type: type = Suite
-    """The suite's class (Meta-World `Suite`, `MazeSuite`): it builds the job's envs."""
+    """The suite's class (Meta-World `Suite`, `MazeSuite`): it builds the job's env."""
 
 
-def _run_job(job: _Job, progress: Any = None) -> tuple[list[EpisodeResult], int, list[str]]:
-    """Run every episode of the job's tasks, stepping the unfinished environments together."""
-    record = job.video_dir is not None and job.video_episodes > 0
-    kwargs = dict(job.env_kwargs)
-    if record:
-        kwargs.update(
-            render_mode="rgb_array",
-            render_size=job.video_size,
-            render_options=RenderOptions(antialias=True),
-        )
-    suite = job.suite_type(job.suite, "train", job.tasks)
-    env_list = [fn() for fn in suite.env_fns(1, **kwargs)]
-    policies = [job.policy_factory(t) for t in job.tasks]
+class _Kept:
+    """A process's envs and policies, kept from one job to the next: building a Meta-World env
+    costs more than a short episode, and a learned policy loads its checkpoint once."""
+
+    def __init__(self) -> None:
+        self.envs: dict[tuple[str, bool], Any] = {}
+        self.policies: dict[str, Policy] = {}
+        self.factory: PolicyFactory | None = None
+
+    def env(self, job: _Job, filming: bool) -> Any:
+        key = (job.task.name, filming)
+        if key not in self.envs:
+            kwargs = dict(job.env_kwargs)
+            if filming:
+                kwargs.update(
+                    render_mode="rgb_array",
+                    render_size=job.video_size,
+                    render_options=RenderOptions(antialias=True),
+                )
+            suite = job.suite_type(job.suite, "train", (job.task,))
+            self.envs[key] = suite.env_fns(1, **kwargs)[0]()
+        return self.envs[key]
+
+    def policy(self, job: _Job) -> Policy:
+        # Every job of an evaluation carries the same factory; the first one's copy is kept, so
+        # a factory that loads a checkpoint once (CheckpointPolicies) loads it once per process.
+        self.factory = self.factory or job.policy_factory
+        if job.task.name not in self.policies:
+            self.policies[job.task.name] = self.factory(job.task)
+        return self.policies[job.task.name]
+
+    def close(self) -> None:
+        for env in self.envs.values():
+            env.close()
+        self.envs.clear()
+        self.policies.clear()
+        self.factory = None
+
+
+_kept = _Kept()
+"""A worker process's envs and policies: a pool serves one evaluation and ends with it."""
+
+
+def _run_job(job: _Job, kept: _Kept | None = None) -> tuple[list[EpisodeResult], int, list[str]]:
+    """Run the job's episodes one after the other in the process's env of its task."""
+    kept = kept or _kept
+    policy = kept.policy(job)
     results: list[EpisodeResult] = []
     videos: list[str] = []
     total_steps = 0
-    for episode in range(job.episodes_per_task):
+    for episode in job.episodes:
         seed = job.seed + episode
-        filming = record and episode < job.video_episodes
-        observations = {}
-        frames: dict[int, list[np.ndarray]] = {}
-        for i, env in enumerate(env_list):
-            observations[i], _ = env.reset(seed=seed)
-            policies[i].reset(seed=seed)
+        filming = job.video_dir is not None and episode < job.video_episodes
+        env = kept.env(job, filming)
+        obs, _ = env.reset(seed=seed)
+        policy.reset(seed=seed)
+        frames = [env.render()] if filming else []
+        length, done = 0, False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(policy.act(obs))
+            length += 1
             if filming:
-                frames[i] = [env.render()]
-        lengths = dict.fromkeys(observations, 0)
-        while observations:
-            # One policy call per live env; a batched policy would take them all at once here.
-            actions = {i: policies[i].act(o) for i, o in observations.items()}
-            for i, action in actions.items():
-                env = env_list[i]
-                obs, _, terminated, truncated, info = env.step(action)
-                lengths[i] += 1
-                total_steps += 1
-                if filming:
-                    frames[i].append(env.render())
-                if terminated or truncated or info["success"]:
-                    task = job.tasks[i].name
-                    results.append(
-                        EpisodeResult(
-                            task=task,
-                            episode=episode,
-                            seed=seed,
-                            variation=int(env.variation),
-                            success=bool(info["success"]),
-                            length=lengths[i],
-                        )
-                    )
-                    if filming:
-                        videos.append(_write_video(job.video_dir, task, episode, frames.pop(i)))
-                    del observations[i]
-                    if progress is not None:
-                        progress.put(1)
-                else:
-                    observations[i] = obs
-    for env in env_list:
-        env.close()
+                frames.append(env.render())
+            done = terminated or truncated or info["success"]
+        total_steps += length
+        results.append(
+            EpisodeResult(
+                task=job.task.name,
+                episode=episode,
+                seed=seed,
+                variation=int(env.variation),
+                success=bool(info["success"]),
+                length=length,
+            )
+        )
+        if filming:
+            videos.append(_write_video(job.video_dir, job.task.name, episode, frames))
     return results, total_steps, videos
 
 
@@ -194,11 +218,13 @@ def _write_video(video_dir: str | None, task: str, episode: int, frames: list[np
     return str(path)
 
 
-def _chunks(tasks: Sequence[SuiteTask], workers: int) -> list[tuple[SuiteTask, ...]]:
-    """About two jobs per worker: enough to balance load and show progress, few enough that
-    each job still steps several tasks together."""
-    n_jobs = max(1, min(len(tasks), 2 * workers))
-    return [tuple(tasks[i::n_jobs]) for i in range(n_jobs)]
+def _episode_blocks(n_tasks: int, episodes_per_task: int, workers: int) -> list[range]:
+    """Split each task's episodes into blocks so that every worker gets about 16 of them:
+    workers take blocks from a queue as they finish, so one long task cannot leave the others
+    idle at the end, and a single task still spreads over every worker."""
+    per_task = max(1, math.ceil(16 * workers / n_tasks)) if workers > 1 else 1
+    size = max(1, math.ceil(episodes_per_task / per_task))
+    return [range(k, min(k + size, episodes_per_task)) for k in range(0, episodes_per_task, size)]
 
 
 def evaluate(
@@ -217,7 +243,9 @@ def evaluate(
     video_size: int = 224,
     on_episode: Callable[[], None] | None = None,
 ) -> EvalReport:
-    """Success per task over `episodes_per_task` seeded episodes, with `workers` processes."""
+    """Success per task over `episodes_per_task` seeded episodes, with `workers` processes.
+    The result does not depend on `workers`: an episode's seed fixes its variation and seeds the
+    policy's sampling, whichever process runs it."""
     if isinstance(suite, str):
         suite = envs.suite(suite)
     if episodes_per_task <= 0:
@@ -231,11 +259,12 @@ def evaluate(
     }
     if any(k.startswith("image/") for k in obs):  # envs without cameras take no image size
         env_kwargs["image_size"] = image_size
+    blocks = _episode_blocks(len(suite.tasks), episodes_per_task, workers)
     jobs = [
         _Job(
             suite.name,
-            chunk,
-            episodes_per_task,
+            task,
+            tuple(block),
             seed,
             env_kwargs,
             policy_factory,
@@ -244,25 +273,29 @@ def evaluate(
             video_size,
             type(suite),
         )
-        for chunk in _chunks(list(suite.tasks), workers)
+        for block in blocks  # block-major: every task is under way early, for the progress bar
+        for task in suite.tasks
     ]
+    report = on_episode or (lambda: None)
     start = time.perf_counter()
     outputs: list[tuple[list[EpisodeResult], int, list[str]]] = []
     if workers == 1:
-        for job in jobs:
-            outputs.append(_run_job(job, _Callback(on_episode)))
+        kept = _Kept()
+        try:
+            for job in jobs:
+                outputs.append(_run_job(job, kept))
+                for _ in job.episodes:
+                    report()
+        finally:
+            kept.close()
     else:
         ctx = mp.get_context("spawn")
-        with ctx.Manager() as manager:
-            progress = manager.Queue()
-            with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                futures = [pool.submit(_run_job, job, progress) for job in jobs]
-                pending = set(futures)
-                while pending:
-                    _drain(progress, on_episode)
-                    _, pending = cf.wait(pending, timeout=0.2)
-                _drain(progress, on_episode)
-                outputs = [f.result() for f in futures]
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            futures = {pool.submit(_run_job, job): job for job in jobs}
+            for future in cf.as_completed(futures):
+                outputs.append(future.result())
+                for _ in futures[future].episodes:
+                    report()
     seconds = time.perf_counter() - start
     by_task = {t.name: TaskResult(t.name) for t in suite.tasks}
     steps = 0
@@ -282,27 +315,6 @@ def evaluate(
         steps=steps,
         videos=sorted(videos),
     )
-
-
-class _Callback:
-    """Queue-like adapter so the in-process path reports progress the same way."""
-
-    def __init__(self, fn: Callable[[], None] | None) -> None:
-        self.fn = fn
-
-    def put(self, _: int) -> None:
-        if self.fn is not None:
-            self.fn()
-
-
-def _drain(progress: Any, on_episode: Callable[[], None] | None) -> None:
-    while True:
-        try:
-            progress.get_nowait()
-        except queue.Empty:
-            return
-        if on_episode is not None:
-            on_episode()
 
 
 class CheckpointPolicies:

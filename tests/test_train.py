@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 
 import envs
 from il.data.store import DemoStore
-from il.evaluate import evaluate_checkpoint
+from il.evaluate import _episode_blocks, evaluate_checkpoint
 from il.policies.base import CheckpointError
 from il.policies.registry import load_policy
 from il.train import ConfigError, train
@@ -99,6 +100,28 @@ def test_eval_checkpoint_in_its_own_env(store_path, tmp_path):
     report = evaluate_checkpoint(tmp_path / "run", episodes_per_task=1, max_episode_steps=30)
     assert [t.task for t in report.tasks] == ["reach-v3", "push-v3"]
     assert all(len(t.episodes) == 1 for t in report.tasks)
+
+
+def test_eval_result_does_not_depend_on_the_number_of_workers(store_path, tmp_path):
+    # A sampling policy (mixture head): each episode's draws come from its seed, not from the
+    # process or the order in which a worker took its blocks of episodes.
+    train(config_for(store_path, tmp_path / "run", "model.head=gmm"))
+    runs = [
+        evaluate_checkpoint(tmp_path / "run", episodes_per_task=5, max_episode_steps=25, workers=w)
+        for w in (1, 2, 3)
+    ]
+    episodes = [[asdict(e) for t in r.tasks for e in t.episodes] for r in runs]
+    assert [e["episode"] for e in episodes[0]] == [0, 1, 2, 3, 4] * 2
+    assert episodes[0] == episodes[1] == episodes[2]
+    assert runs[0].steps == runs[1].steps == runs[2].steps == sum(e["length"] for e in episodes[0])
+
+
+def test_episode_blocks_cover_every_episode_once():
+    for tasks, episodes, workers in [(10, 50, 2), (1, 20, 2), (50, 50, 2), (3, 7, 4), (2, 1, 8)]:
+        blocks = _episode_blocks(tasks, episodes, workers)
+        assert [k for b in blocks for k in b] == list(range(episodes))
+        if workers > 1:  # a worker gets several jobs, so load balances across tasks
+            assert tasks * len(blocks) >= min(tasks * episodes, 2 * workers)
 
 
 def test_cli_train_then_eval(store_path, tmp_path):
