@@ -5,8 +5,9 @@ variation is a `Task` from a benchmark, applied with `set_task`. This module bui
 once per process, hands each environment the variations of its task, and lets the episode seed
 choose among them, so `reset(seed=s)` reproduces the same episode on every run and machine.
 
-Observations are a dict: `state` (39 float32: hand, gripper, objects, previous frame, goal) and
-`image/<camera>` (h w 3 uint8, upright). Corner cameras of the Meta-World scene look at the table
+Observations are a dict: `state` (39 float32: hand, gripper, objects, previous frame, goal),
+`proprio` (its first 4: hand and gripper, what a real arm knows of itself) and `image/<camera>`
+(h w 3 uint8, upright). Corner cameras of the Meta-World scene look at the table
 upside down; they are turned 180° about their viewing axis in the model itself, so images, camera
 models and segmentation all agree without flipping pixels afterwards.
 """
@@ -124,6 +125,9 @@ INSTRUCTIONS: dict[str, str] = {
 
 BENCHMARKS = ("MT1", "MT10", "MT50", "ML1", "ML10", "ML45")
 SUITES = (*BENCHMARKS, *DIFFICULTY)
+PROPRIO_SIZE = 4
+"""`proprio`: hand position (3) and gripper opening (1), the head of `state`: what a real arm
+reports of itself, without the objects' poses and the goal that only a simulator knows."""
 CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 
 
@@ -273,8 +277,9 @@ class MetaWorldEnv(gym.Env):
         self.obs_keys = tuple(obs)
         self.cameras = tuple(k.split("/", 1)[1] for k in self.obs_keys if k.startswith("image/"))
         for key in self.obs_keys:
-            if key != "state" and not key.startswith("image/"):
-                raise unknown("observation key", key, ["state", *(f"image/{c}" for c in CAMERAS)])
+            if key not in ("state", "proprio") and not key.startswith("image/"):
+                valid = ["state", "proprio", *(f"image/{c}" for c in CAMERAS)]
+                raise unknown("observation key", key, valid)
         for cam in (*self.cameras, render_camera):
             if cam not in CAMERAS:
                 raise unknown("camera", cam, CAMERAS)
@@ -302,6 +307,13 @@ class MetaWorldEnv(gym.Env):
                 space = self.sim.sawyer_observation_space
                 spaces[key] = gym.spaces.Box(
                     space.low.astype(np.float32), space.high.astype(np.float32), dtype=np.float32
+                )
+            elif key == "proprio":
+                space = self.sim.sawyer_observation_space
+                spaces[key] = gym.spaces.Box(
+                    space.low[:PROPRIO_SIZE].astype(np.float32),
+                    space.high[:PROPRIO_SIZE].astype(np.float32),
+                    dtype=np.float32,
                 )
             else:
                 spaces[key] = gym.spaces.Box(0, 255, (h, w, 3), dtype=np.uint8)
@@ -429,6 +441,8 @@ class MetaWorldEnv(gym.Env):
         for key in self.obs_keys:
             if key == "state":
                 obs[key] = np.asarray(state, dtype=np.float32)
+            elif key == "proprio":
+                obs[key] = np.asarray(state[:PROPRIO_SIZE], dtype=np.float32)
             else:
                 obs[key] = self._renderer.render(self.sim.data, key[6:])
         return obs

@@ -852,7 +852,7 @@ def _parse_obs(obs: str) -> tuple[str, ...]:
     import envs
 
     keys = tuple(k.strip() for k in obs.split(",") if k.strip())
-    valid = ["state", *(f"image/{c}" for c in envs.CAMERAS)]
+    valid = ["state", "proprio", *(f"image/{c}" for c in envs.CAMERAS)]
     for k in keys:
         if k not in valid:
             from envs.metaworld import unknown

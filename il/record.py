@@ -76,6 +76,8 @@ def expert_schema(suite: Suite, spec: RecordSpec) -> StoreSchema:
     for key in spec.obs:
         if key == "state":
             keys["obs/state"] = KeySpec((39,), "float32", "Meta-World state (hand, gripper, ...)")
+        elif key == "proprio":
+            keys["obs/proprio"] = KeySpec((4,), "float32", "hand position (m) and gripper opening")
         else:
             camera = key.split("/", 1)[1]
             keys[f"obs/{key}"] = KeySpec(

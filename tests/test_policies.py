@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import config_for
+from einops import rearrange
 from safetensors.torch import load_file
 
 import envs
+from il.data.store import DemoStore
 from il.evaluate import evaluate_checkpoint
 from il.policies import text
-from il.policies.blocks import ResNet18, TaskConditioning
+from il.policies.blocks import ObservationEncoder, ResNet18, TaskConditioning
 from il.policies.diffusion import ConditionalUnet1D, NoiseSchedule
 from il.policies.registry import load_policy
 from il.train import ConfigError, train
@@ -146,6 +148,58 @@ def test_bc_on_images_with_resnet18_trains(tmp_path):
     policy.reset()
     assert policy.act(obs).shape == (4,)
     env.close()
+
+
+def test_bc_on_proprio_and_images_trains_and_acts(tmp_path):
+    # What a real arm gives a policy: its own hand and gripper, and cameras; no object poses.
+    from il.record import record_expert
+
+    suite = envs.suite("metaworld/MT10")
+    one = type(suite)(suite.name, suite.split, suite.tasks[:1])
+    path = str(tmp_path / "img.zarr")
+    obs = ("proprio", "image/corner")
+    record_expert(one, path, episodes_per_task=2, workers=1, obs=obs, image_size=32)
+    store = DemoStore.open(path)
+    steps = store.read_episode(0, ["obs/proprio", "procedure/hand"])
+    np.testing.assert_array_equal(steps["obs/proprio"][:, :3], steps["procedure/hand"])
+    config = config_for(
+        path,
+        tmp_path / "run",
+        "train.steps=4",
+        "train.batch_size=4",
+        "train.val_fraction=0",
+        "data.obs=[obs/proprio,obs/image/corner]",
+        "model.image_shift=2",
+        "model.obs_horizon=2",
+    )
+    policy = load_policy(train(config))
+    assert policy.config.image_shift == 2
+    env = envs.make("metaworld/reach-v3", obs=obs, image_size=32)
+    o, _ = env.reset(seed=0)
+    policy.reset()
+    assert policy.act(o).shape == (4,)
+    env.close()
+
+
+def test_image_shift_moves_a_window_as_one_and_only_in_training():
+    class Seen(torch.nn.Module):  # stands in for the camera's encoder: keeps what it is given
+        def forward(self, images):
+            seen.append(images)
+            return images.new_zeros(len(images), 8)
+
+    seen = []
+    encoder = ObservationEncoder({"obs/image/corner": (16, 16, 3)}, 2, 1, 8, image_shift=3)
+    encoder.cameras["obs__image__corner"] = Seen()
+    frame = torch.randint(0, 256, (1, 1, 16, 16, 3), dtype=torch.uint8)
+    window = frame.repeat(64, 2, 1, 1, 1)  # b t h w c: the same frame twice, in 64 windows
+    encoder.train()
+    encoder({"obs/image/corner": window}, torch.zeros(64, dtype=torch.long))
+    shifted = rearrange(seen[-1], "(b t) h w c -> b t h w c", t=2)
+    torch.testing.assert_close(shifted[:, 0], shifted[:, 1])  # both frames moved alike
+    assert (shifted[:, 0] != frame[:, 0].float()).any(dim=(1, 2, 3)).sum() > 32  # most moved
+    encoder.eval()
+    encoder({"obs/image/corner": window}, torch.zeros(64, dtype=torch.long))
+    torch.testing.assert_close(seen[-1], rearrange(window, "b t h w c -> (b t) h w c"))
 
 
 def test_text_conditioning_embeds_instructions_once(store_path, tmp_path, monkeypatch):

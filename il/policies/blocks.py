@@ -288,6 +288,9 @@ class ObservationConfig:
     obs_noise: float = 0.0
     """Std of Gaussian noise added to normalized vector observations in training: makes the
     policy recover from states slightly off the demonstrations."""
+    image_shift: int = 0
+    """Random shift of camera images in training, in pixels (edges replicated; DrQ): the
+    cheapest image augmentation that keeps a small policy from memorising pixel positions."""
 
 
 class ObservationEncoder(nn.Module):
@@ -309,6 +312,7 @@ class ObservationEncoder(nn.Module):
             image_encoder_kind=config.image_encoder,
             task_encoding=config.task_encoding,
             instructions=instructions,
+            image_shift=config.image_shift,
         )
 
     def __init__(
@@ -321,8 +325,12 @@ class ObservationEncoder(nn.Module):
         image_encoder_kind: str = "cnn",
         task_encoding: str = "onehot",
         instructions: Sequence[str] = (),
+        image_shift: int = 0,
     ) -> None:
         super().__init__()
+        if image_shift < 0:
+            raise ValueError(f"model.image_shift must be 0 or more pixels, not {image_shift}")
+        self.image_shift = image_shift
         if image_encoder_kind not in IMAGE_ENCODERS:  # checked even without cameras: a typo
             raise ValueError(
                 f"unknown image encoder {image_encoder_kind!r}; choose one of "
@@ -345,11 +353,15 @@ class ObservationEncoder(nn.Module):
     def forward(self, obs: Mapping[str, torch.Tensor], task: torch.Tensor) -> torch.Tensor:
         parts = [rearrange(obs[k], "b t d -> b (t d)") for k in self.vector_keys]
         for key in self.image_keys:
-            images = obs[key]
-            b = images.shape[0]
-            features = self.cameras[key.replace("/", "__")](
-                rearrange(images, "b t h w c -> (b t) h w c")
-            )
+            images = obs[key]  # b t h w c
+            b, t = images.shape[:2]
+            if self.training and self.image_shift > 0:
+                # one shift per window, the same for its frames; float 0-255 goes on to the encoder
+                stacked = rearrange(images.float(), "b t h w c -> b (t c) h w")
+                stacked = random_crop(stacked, self.image_shift)
+                images = rearrange(stacked, "b (t c) h w -> b t h w c", t=t)
+            images = rearrange(images, "b t h w c -> (b t) h w c")
+            features = self.cameras[key.replace("/", "__")](images)
             parts.append(rearrange(features, "(b t) d -> b (t d)", b=b))
         conditioning = self.task(task, parts[0].dtype)
         if conditioning is not None:
