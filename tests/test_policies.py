@@ -171,9 +171,17 @@ def test_bc_on_proprio_and_images_trains_and_acts(tmp_path):
         "data.obs=[obs/proprio,obs/image/corner]",
         "model.image_shift=2",
         "model.obs_horizon=2",
+        "model.image_encoder=conv4",
+        "model.image_channels=[8,16,16,16]",
     )
     policy = load_policy(train(config))
     assert policy.config.image_shift == 2
+    convs = [m for m in policy.encoder.cameras["obs__image__corner"].convs if hasattr(m, "weight")]
+    assert [c.out_channels for c in convs] == [8, 16, 16, 16]
+    config.model.image_encoder, config.model.image_channels = "cnn", [16, 32, 32]
+    config.out = str(tmp_path / "bad")
+    with pytest.raises(ConfigError, match="the cnn image encoder takes 2 widths"):
+        train(config)
     env = envs.make("metaworld/reach-v3", obs=obs, image_size=32)
     o, _ = env.reset(seed=0)
     policy.reset()

@@ -20,7 +20,7 @@ once and then frozen under any policy's head.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -90,25 +90,33 @@ class SpatialSoftmax(nn.Module):
 
 
 class SpatialSoftmaxCNN(nn.Module):
-    """A small conv net with a spatial-softmax head, for 64–128 px images on CPU or GPU."""
+    """A small conv net with a spatial-softmax head, for 64–128 px images on CPU or GPU: two
+    blocks of two 3×3 convs, the first of each with stride 2, `channels` wide."""
 
-    def __init__(self, out_dim: int = 64, channels: int = 32, keypoints: int = 32) -> None:
+    def __init__(
+        self, out_dim: int = 64, channels: Sequence[int] = (32, 64), keypoints: int = 32
+    ) -> None:
         super().__init__()
+        if len(channels) != 2 or min(channels) < 8 or any(c % 8 for c in channels):
+            raise ValueError(
+                f"the cnn image encoder takes 2 widths, multiples of 8, not {list(channels)}"
+            )
+        c1, c2 = channels
         self.convs = nn.Sequential(
-            nn.Conv2d(3, channels, 3, stride=2, padding=1),
-            nn.GroupNorm(8, channels),
+            nn.Conv2d(3, c1, 3, stride=2, padding=1),
+            nn.GroupNorm(8, c1),
             nn.Mish(),
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.GroupNorm(8, channels),
+            nn.Conv2d(c1, c1, 3, padding=1),
+            nn.GroupNorm(8, c1),
             nn.Mish(),
-            nn.Conv2d(channels, channels * 2, 3, stride=2, padding=1),
-            nn.GroupNorm(8, channels * 2),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1),
+            nn.GroupNorm(8, c2),
             nn.Mish(),
-            nn.Conv2d(channels * 2, channels * 2, 3, padding=1),
-            nn.GroupNorm(8, channels * 2),
+            nn.Conv2d(c2, c2, 3, padding=1),
+            nn.GroupNorm(8, c2),
             nn.Mish(),
         )
-        self.keypoints = SpatialSoftmax(channels * 2, keypoints)
+        self.keypoints = SpatialSoftmax(c2, keypoints)
         self.out = nn.Linear(keypoints * 2, out_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -230,12 +238,19 @@ class ResNet18(nn.Module):
         return self.out(self.keypoints(x))
 
 
-IMAGE_ENCODERS: dict[str, type[nn.Module]] = {
-    "cnn": SpatialSoftmaxCNN,
-    "resnet18": ResNet18,
-    "conv4": ConvKeypointEncoder,
+def _resnet18(out_dim: int, channels: Sequence[int] | None) -> nn.Module:
+    if channels is not None:
+        raise ValueError("resnet18 has torchvision's widths; leave model.image_channels unset")
+    return ResNet18(out_dim)
+
+
+IMAGE_ENCODERS: dict[str, Callable[[int, Sequence[int] | None], nn.Module]] = {
+    "cnn": lambda out_dim, channels: SpatialSoftmaxCNN(out_dim, channels or (32, 64)),
+    "resnet18": _resnet18,
+    "conv4": lambda out_dim, channels: ConvKeypointEncoder(out_dim, channels or (32, 64, 128, 256)),
 }
-"""`model.image_encoder` → the class, built with the number of features per camera."""
+"""`model.image_encoder` → how to build it from the features per camera and the conv widths
+(`model.image_channels`, None for the encoder's own)."""
 
 
 class TaskConditioning(nn.Module):
@@ -282,6 +297,9 @@ class ObservationConfig:
     inverse-dynamics-pretraining encoder: LayerNorm + tanh output, random-crop augmentation)."""
     image_features: int = 64
     """Features per camera from the image encoder."""
+    image_channels: list[int] | None = None
+    """Conv widths of the image encoder, first layer to last: cnn takes 2 (default 32, 64),
+    conv4 takes 4 (default the paper's 32, 64, 128, 256); resnet18 keeps its own."""
     task_encoding: str = "onehot"
     """How a multi-task policy is told its task: onehot, or text (sentence embedding of the
     instruction; needs the `text` extra when training)."""
@@ -310,6 +328,7 @@ class ObservationEncoder(nn.Module):
             len(tasks),
             config.image_features,
             image_encoder_kind=config.image_encoder,
+            image_channels=config.image_channels,
             task_encoding=config.task_encoding,
             instructions=instructions,
             image_shift=config.image_shift,
@@ -323,6 +342,7 @@ class ObservationEncoder(nn.Module):
         image_features: int = 64,
         *,
         image_encoder_kind: str = "cnn",
+        image_channels: Sequence[int] | None = None,
         task_encoding: str = "onehot",
         instructions: Sequence[str] = (),
         image_shift: int = 0,
@@ -338,11 +358,9 @@ class ObservationEncoder(nn.Module):
             )
         self.vector_keys = [k for k, s in obs_shapes.items() if len(s) == 1]
         self.image_keys = [k for k, s in obs_shapes.items() if len(s) == 3]
+        build = IMAGE_ENCODERS[image_encoder_kind]
         self.cameras = nn.ModuleDict(
-            {
-                k.replace("/", "__"): IMAGE_ENCODERS[image_encoder_kind](image_features)
-                for k in self.image_keys
-            }
+            {k.replace("/", "__"): build(image_features, image_channels) for k in self.image_keys}
         )
         self.task = TaskConditioning(n_tasks, task_encoding, instructions)
         vector_dim = sum(int(obs_shapes[k][0]) for k in self.vector_keys)
