@@ -273,6 +273,9 @@ def test_experiment_runs_resumes_and_reports(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/*/*/result.json")}
     module.run(config, tmp_path)  # nothing left to do: every run is kept
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    config.threads = 2  # the pace may change between a run and its resumption
+    module.run(config, tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     changed = make_config(module, ["steps=4", "train_mazes=[1]", "test_mazes=2"])
     with pytest.raises(ExperimentError, match=r"other settings .*steps"):
         module.run(changed, tmp_path)

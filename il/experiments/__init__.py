@@ -46,15 +46,22 @@ class ExperimentError(Exception):
     """An experiment that cannot run as asked; the message says what to change."""
 
 
+PACE = ("threads", "workers")
+"""Config fields that set how fast an experiment runs, not what it measures: a resumed run may
+change them."""
+
+
 def claim_folder(out: Path, config: Any, selecting: Sequence[str]) -> None:
     """Refuse to mix runs of a different protocol into `out`: every field of the config dataclass
-    but those in `selecting` (which only choose which runs to do) must match the saved one."""
+    but those in `selecting` (which only choose which runs to do) and `PACE` must match the saved
+    one."""
     from il.experiments.report import write_json
 
     saved = out / "config.json"
-    mine = {k: v for k, v in asdict(config).items() if k not in selecting}
+    free = {*selecting, *PACE}
+    mine = {k: v for k, v in asdict(config).items() if k not in free}
     if saved.exists():
-        theirs = {k: v for k, v in json.loads(saved.read_text()).items() if k not in selecting}
+        theirs = {k: v for k, v in json.loads(saved.read_text()).items() if k not in free}
         if theirs != mine:
             changed = sorted(k for k in mine if mine[k] != theirs.get(k))
             raise ExperimentError(
