@@ -49,7 +49,8 @@ VARIATIONS = 50
 @dataclass
 class Config:
     """Every field can be set as `key=value` on the command line. The defaults are sized for
-    about an hour on two CPU cores; the paper's sizes are in the comments."""
+    about an hour on two idle CPU cores (measured: 2 h 13 min on two cores shared with two or
+    three other jobs); the paper's sizes are in the comments."""
 
     pretrain_tasks: list[str] = field(
         default_factory=lambda: ["door-open-v3", "door-close-v3", "door-unlock-v3"]
@@ -76,8 +77,8 @@ class Config:
     """Fine-tuning seeds per (method, demos), as the paper's 5; each encoder is pretrained
     once."""
     pretrain_steps: int = 5000
-    """Steps of every objective (the paper's 100k; 5000 of batch 64 take 5-10 minutes an
-    objective on two CPU cores)."""
+    """Steps of every objective (the paper's 100k; 5000 of batch 64 took 9 to 36 minutes an
+    objective on two CPU cores shared with other jobs, the five 88 minutes together)."""
     pretrain_batch: int = 64
     """(The paper's 256.)"""
     channels: list[int] = field(default_factory=lambda: [16, 32, 32, 32])

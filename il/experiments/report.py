@@ -124,7 +124,8 @@ class ResultTable:
         path.parent.mkdir(parents=True, exist_ok=True)
         n_rows, n_cols = len(self.rows), len(self.columns)
         width = 0.8 / max(n_rows, 1)
-        fig, ax = plt.subplots(figsize=(1.5 + 0.45 * n_cols * max(n_rows, 1), 3.6))
+        # the legend stands right of the axes, where it hides neither bars nor reference lines
+        fig, ax = plt.subplots(figsize=(3.0 + 0.45 * n_cols * max(n_rows, 1), 3.6))
         x = np.arange(n_cols)
         for i, r in enumerate(self.rows):
             stats = [self.cell(r, c) for c in self.columns]
@@ -158,10 +159,10 @@ class ResultTable:
         ax.set_xlabel(self.column_name)
         ax.set_ylabel(ylabel or f"{self.title} ({self.unit})")
         if self.unit == "%":
-            ax.set_ylim(0, 118)  # headroom for the legend above 100%
+            ax.set_ylim(0, 108)  # headroom for the reference lines' labels at 100%
             ax.set_yticks(range(0, 101, 20))
         ax.set_title(self.title, fontsize=10)
-        ax.legend(fontsize=8, ncol=min(n_rows, 4), loc="upper left", framealpha=0.9)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
