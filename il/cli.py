@@ -283,7 +283,7 @@ def eval_(
     console.print(table)
     console.print(
         f"{report.steps} steps in {report.seconds:.1f} s "
-        f"({report.steps_per_second:.0f} steps/s, {workers} workers)"
+        f"({report.steps_per_second:.0f} steps/s, {workers} worker{'' if workers == 1 else 's'})"
     )
     if report.videos:
         console.print(f"videos: {len(report.videos)} mp4 in {video}")
