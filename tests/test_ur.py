@@ -218,7 +218,11 @@ def test_through_the_safety_filter(emulator: URControllerEmulator) -> None:
 def test_protective_stop_is_seen_and_cleared(fresh_emulator: URControllerEmulator) -> None:
     arm = connected(fresh_emulator.host)
     try:
+        start = arm.observe()["ee_pos"][0]
         arm.command(np.array([0.001, 0, 0, 0, 0, 0, -1.0]))
+        # Let the move finish first: on a loaded machine a stop mid-move left part of it to run
+        # after the restart, away from the setpoint the restart had taken.
+        wait_for(lambda: arm.observe()["ee_pos"][0] - start > 0.00095, what="the move done")
         fresh_emulator.protective_stop()
         wait_for(lambda: arm.observe()["safety_mode"][0] == 3, what="protective stop seen")
         assert arm.safety_status == "PROTECTIVE_STOP"
