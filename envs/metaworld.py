@@ -10,6 +10,11 @@ Observations are a dict: `state` (39 float32: hand, gripper, objects, previous f
 (h w 3 uint8, upright). Corner cameras of the Meta-World scene look at the table
 upside down; they are turned 180° about their viewing axis in the model itself, so images, camera
 models and segmentation all agree without flipping pixels afterwards.
+
+Meta-World's fixed cameras frame the whole table, so a goal marker is one or two pixels at 84x84
+and a policy from pixels cannot find it. One camera is added to every scene, `workspace`: in front
+of the table and to the robot's left, aimed at the region where objects and goals are placed, as
+one would mount a camera on a real bench. It changes nothing in the physics.
 """
 
 from __future__ import annotations
@@ -128,7 +133,20 @@ SUITES = (*BENCHMARKS, *DIFFICULTY)
 PROPRIO_SIZE = 4
 """`proprio`: hand position (3) and gripper opening (1), the head of `state`: what a real arm
 reports of itself, without the objects' poses and the goal that only a simulator knows."""
-CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+CAMERAS = (
+    "topview",
+    "corner",
+    "corner2",
+    "corner3",
+    "corner4",
+    "behindGripper",
+    "gripperPOV",
+    "workspace",
+)
+WORKSPACE_CAMERA = {"pos": (0.5, 1.15, 0.5), "target": (0.0, 0.7, 0.08), "fovy": 45.0}
+"""The added camera: where it stands, the point it looks at (the middle of the object and goal
+ranges, a little above the table) and its vertical field of view in degrees. At 84x84 a goal
+sphere is 3-4 pixels across instead of 1-2 from `corner`."""
 
 
 class UnknownNameError(ValueError):
@@ -227,6 +245,45 @@ def _upright_cameras(model: mujoco.MjModel, data: mujoco.MjData) -> None:
     mujoco.mj_forward(model, data)
 
 
+def _look_at(pos: Sequence[float], target: Sequence[float]) -> np.ndarray:
+    """Quaternion of a camera at `pos` looking at `target` with the image's up towards world +z
+    (MuJoCo cameras look along their own -z with y up)."""
+    back = np.asarray(pos, float) - np.asarray(target, float)
+    back /= np.linalg.norm(back)
+    right = np.cross([0.0, 0.0, 1.0], back)
+    right /= np.linalg.norm(right)
+    up = np.cross(back, right)
+    quat = np.empty(4)
+    mujoco.mju_mat2Quat(quat, np.stack([right, up, back], axis=1).ravel())
+    return quat
+
+
+@functools.cache
+def _with_workspace_camera(cls: type) -> type:
+    """`cls`, a Meta-World env class, whose scene is compiled with the `workspace` camera added.
+
+    Meta-World builds its model from an XML file inside gymnasium's `_initialize_simulation`;
+    compiling the same file through `MjSpec` with one more camera gives the same bodies, joints
+    and geoms in the same order, so physics, ids and the scripted experts are untouched.
+    """
+
+    def _initialize_simulation(self: Any) -> tuple[mujoco.MjModel, mujoco.MjData]:
+        spec = mujoco.MjSpec.from_file(self.fullpath)
+        cam = WORKSPACE_CAMERA
+        spec.worldbody.add_camera(
+            name="workspace",
+            pos=cam["pos"],
+            quat=_look_at(cam["pos"], cam["target"]),
+            fovy=cam["fovy"],
+        )
+        model = spec.compile()
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+        return model, mujoco.MjData(model)
+
+    return type(cls.__name__, (cls,), {"_initialize_simulation": _initialize_simulation})
+
+
 class MetaWorldEnv(gym.Env):
     """A single Meta-World task with dict observations, fast cameras and seeded variations.
 
@@ -269,7 +326,7 @@ class MetaWorldEnv(gym.Env):
         self.render_mode = render_mode
         self.render_camera = render_camera
 
-        self.sim = metaworld.env_dict.ALL_V3_ENVIRONMENTS[task]()
+        self.sim = _with_workspace_camera(metaworld.env_dict.ALL_V3_ENVIRONMENTS[task])()
         self.sim.max_path_length = self.max_episode_steps
         self.sim.set_task(self.variations[0])
         _upright_cameras(self.sim.model, self.sim.data)

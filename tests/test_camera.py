@@ -283,3 +283,53 @@ def test_images_are_deterministic_across_fresh_envs():
     first, second = frames(), frames()
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     assert not np.array_equal(first[0], first[-2])  # the arm moved
+
+
+# --- the added workspace camera ------------------------------------------------------------------
+def test_workspace_camera_leaves_physics_alone():
+    """The scene compiled with the extra camera steps exactly like Meta-World's own."""
+    import metaworld
+
+    name = "pick-place-v3"
+    ours = envs.make(f"metaworld/{name}", obs=("state", "image/workspace"))
+    plain = metaworld.env_dict.ALL_V3_ENVIRONMENTS[name]()
+    try:
+        variation = ours.unwrapped.variations[3]
+        ours.reset(options={"variation": 3})
+        plain.set_task(variation)
+        expected, _ = plain.reset()
+        actions = np.random.default_rng(0).uniform(-1, 1, size=(60, 4))
+        got = [ours.unwrapped.sim._get_obs()]
+        want = [expected]
+        for a in actions:
+            got.append(ours.step(a)[0]["state"])
+            want.append(plain.step(a)[0])
+        np.testing.assert_array_equal(
+            np.asarray(got[1:], np.float32), np.asarray(want[1:], np.float32)
+        )
+        assert ours.unwrapped.model.ncam == plain.model.ncam + 1
+    finally:
+        ours.close()
+        plain.close()
+
+
+@pytest.mark.parametrize("task", ["reach-v3", "push-v3", "pick-place-v3"])
+def test_workspace_camera_frames_goals_larger_than_corner(task):
+    """Every goal of the task is in view and drawn at least twice as large as from `corner`:
+    the reason the camera exists."""
+    env = envs.make(f"metaworld/{task}", obs=("state",), image_size=84)
+    try:
+        for seed in range(0, 50, 7):
+            env.reset(seed=seed)
+            goal = np.asarray(env.unwrapped.sim._target_pos, dtype=float)
+            sizes = {}
+            for name in ("workspace", "corner"):
+                cam = env.unwrapped.camera_model(name)
+                u, v = cam.project(goal)
+                assert 0 <= u < 84 and 0 <= v < 84, f"{task} seed {seed}: goal off {name}'s image"
+                sizes[name] = cam.K[0, 0] / cam.depth(goal)  # pixels per metre at the goal
+            assert sizes["workspace"] > 2 * sizes["corner"], sizes
+        cam = env.unwrapped.camera_model("workspace")
+        assert cam.R[1, 2] < 0  # upright: the image's v axis points down in the world
+    finally:
+        env.close()
