@@ -200,6 +200,7 @@ def _robot_options(robot_required: bool) -> Callable[[Callable], Callable]:
     help="Roll out as `il deploy --act-ahead` does: each chunk predicted this many steps "
     "before it is needed (measures what the later reaction costs).",
 )
+@click.argument("acting", nargs=-1)
 def eval_(
     checkpoint: Path | None,
     policy: str | None,
@@ -215,14 +216,20 @@ def eval_(
     video_episodes: int,
     json_out: Path | None,
     act_ahead: int,
+    acting: tuple[str, ...],
 ) -> None:
-    """Roll a checkpoint (or the scripted experts) out on a suite; success per task."""
+    """Roll a checkpoint (or the scripted experts) out on a suite; success per task.
+
+    ACTING: model.key=value changes to how a trained policy acts, not to its weights, e.g.
+    model.n_action_steps=4 or model.inference_steps=16 (the error lists what a method allows)."""
     from il.evaluate import evaluate, evaluate_checkpoint
     from il.policies.base import CheckpointError, read_description, resolve_checkpoint
     from il.policies.expert import expert_for_task
 
     if (checkpoint is None) == (policy is None):
         raise UserError("give either --checkpoint RUN_OR_CHECKPOINT or --policy expert")
+    if acting and checkpoint is None:
+        raise UserError(f"{acting[0]}: model.key=value changes a checkpoint; give --checkpoint")
     common = dict(
         episodes_per_task=episodes_per_task,
         seed=seed,
@@ -249,7 +256,13 @@ def eval_(
                     total=n_tasks * episodes_per_task,
                 )
                 report = evaluate_checkpoint(
-                    folder, suite=env, split=split, workers=workers, act_ahead=act_ahead, **common
+                    folder,
+                    suite=env,
+                    split=split,
+                    workers=workers,
+                    act_ahead=act_ahead,
+                    acting=acting,
+                    **common,
                 )
             except (CheckpointError, ValueError) as e:
                 raise UserError(str(e)) from None
@@ -435,6 +448,7 @@ def _robot_session(
     wait_for_start: bool,
     checkpoint: str | None = None,
     act_ahead: int = 0,
+    acting: tuple[str, ...] = (),
     steps_after_success: int | None = None,
     replay: list | None = None,
 ) -> None:
@@ -472,7 +486,7 @@ def _robot_session(
         from il.policies.registry import load_policy
 
         try:
-            policy = load_policy(checkpoint)
+            policy = load_policy(checkpoint, acting=acting)
             policy.set_act_ahead(act_ahead)
         except (CheckpointError, ValueError) as e:
             raise UserError(str(e)) from None
@@ -632,6 +646,7 @@ def _make_teleop(teleop: str) -> Any:
     "thread, so the loop never waits on the network (the policy then reacts that many steps "
     "later); for slow policies such as diffusion on a CPU.",
 )
+@click.argument("acting", nargs=-1)
 def deploy(
     checkpoint: str,
     robot: str,
@@ -646,9 +661,11 @@ def deploy(
     steps_after_success: int,
     image_size: int,
     act_ahead: int,
+    acting: tuple[str, ...],
 ) -> None:
     """Run a policy on a robot through the safety filter; the operator can take over with
-    --teleop (those steps are marked as interventions) or stop at once."""
+    --teleop (those steps are marked as interventions) or stop at once. ACTING: model.key=value
+    changes to how the policy acts, as for il eval."""
     _robot_session(
         robot=robot,
         on_disconnect=on_disconnect,
@@ -663,6 +680,7 @@ def deploy(
         wait_for_start=False,
         checkpoint=checkpoint,
         act_ahead=act_ahead,
+        acting=acting,
         steps_after_success=steps_after_success,
     )
 

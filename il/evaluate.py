@@ -321,13 +321,16 @@ class CheckpointPolicies:
     """A picklable policy factory: one policy per task, from a checkpoint loaded once per
     process (every task's policy is a copy, with its own history and action queue)."""
 
-    def __init__(self, checkpoint: str | os.PathLike, act_ahead: int = 0) -> None:
+    def __init__(
+        self, checkpoint: str | os.PathLike, act_ahead: int = 0, acting: Sequence[str] = ()
+    ) -> None:
         self.checkpoint = str(checkpoint)
         self.act_ahead = act_ahead
+        self.acting = tuple(acting)
         self._loaded: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint, "act_ahead": self.act_ahead, "_loaded": None}
+        return {**self.__dict__, "_loaded": None}
 
     def __call__(self, task: SuiteTask) -> Policy:
         import copy
@@ -338,7 +341,7 @@ class CheckpointPolicies:
 
         if self._loaded is None:
             torch.set_num_threads(1)  # one env per core: the workers are the parallelism
-            self._loaded = load_policy(self.checkpoint)
+            self._loaded = load_policy(self.checkpoint, acting=self.acting)
         policy = copy.deepcopy(self._loaded)
         policy.set_act_ahead(self.act_ahead)
         policy.reset(task=task.name if policy.spec.tasks else None)
@@ -364,17 +367,19 @@ def evaluate_checkpoint(
     suite: str | None = None,
     split: str = "train",
     act_ahead: int = 0,
+    acting: Sequence[str] = (),
     **kwargs: Any,
 ) -> EvalReport:
     """Evaluate a checkpoint in the env it describes: its suite (or `suite`), its observation
     keys, image size and episode length. `act_ahead`: roll out as a deployment with
-    `Policy.set_act_ahead` would."""
+    `Policy.set_act_ahead` would. `acting`: `model.key=value` changes to how it acts (see
+    `load_policy`)."""
     from il.policies.base import resolve_checkpoint
     from il.policies.registry import load_policy
 
     folder = resolve_checkpoint(checkpoint)
-    policy = load_policy(folder)
-    policy.set_act_ahead(act_ahead)  # a bad value fails here, before any worker starts
+    policy = load_policy(folder, acting=acting)  # bad values fail here, before any worker starts
+    policy.set_act_ahead(act_ahead)
     env = policy.spec.env
     name = suite or env.get("suite")
     if name is None:
@@ -395,5 +400,5 @@ def evaluate_checkpoint(
     kwargs.setdefault("obs", tuple(policy.spec.env_key(k) for k in policy.spec.obs_shapes))
     kwargs.setdefault("image_size", int(env.get("image_size", 84)))
     kwargs.setdefault("max_episode_steps", int(env.get("max_episode_steps", 500)))
-    kwargs.setdefault("policy_name", f"{policy.name} ({folder})")
-    return evaluate(chosen, CheckpointPolicies(folder, act_ahead), **kwargs)
+    kwargs.setdefault("policy_name", " ".join([f"{policy.name} ({folder})", *acting]))
+    return evaluate(chosen, CheckpointPolicies(folder, act_ahead, acting), **kwargs)

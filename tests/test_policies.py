@@ -352,3 +352,38 @@ def test_unknown_bc_head_is_a_config_error(store_path, tmp_path):
     config = config_for(store_path, tmp_path / "x", "model.head=flow")
     with pytest.raises(ConfigError, match=r"model\.head must be"):
         train(config)
+
+
+def test_acting_overrides_change_how_a_checkpoint_acts_not_its_weights(tmp_path):
+    policy = _chunking_bc(action_horizon=8, n_action_steps=4)
+    policy.save(tmp_path / "ckpt")
+    changed = load_policy(tmp_path / "ckpt", acting=["model.n_action_steps=2"])
+    assert changed.config.n_action_steps == 2 and changed.config.action_horizon == 8
+    for name, weight in policy.state_dict().items():
+        torch.testing.assert_close(changed.state_dict()[name], weight)
+    calls = []
+    original = changed.predict_chunk
+    changed.predict_chunk = lambda *a, **k: calls.append(1) or original(*a, **k)  # type: ignore[method-assign]
+    for i in range(6):
+        changed.act({"state": np.full(5, i / 10, dtype=np.float32)})
+    assert len(calls) == 3  # a chunk every 2 steps instead of every 4
+    ensembled = load_policy(tmp_path / "ckpt", acting=["model.temporal_ensemble=0.01"])
+    assert ensembled.config.temporal_ensemble == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("model.hidden=[8]", "model.hidden cannot change on a trained bc policy"),
+        ("model.n_action_steps=9", "n_action_steps must be between 1 and action_horizon"),
+        ("model.n_action_steps=many", "bad value for model.n_action_steps"),
+        ("n_action_steps=2", "is not model.key=value"),
+    ],
+)
+def test_acting_overrides_refuse_what_would_need_training(tmp_path, item, message):
+    from il.policies.base import CheckpointError
+
+    _chunking_bc().save(tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match=message) as e:
+        load_policy(tmp_path / "ckpt", acting=[item])
+    assert "\n" not in str(e.value)

@@ -134,6 +134,15 @@ def test_cli_train_then_eval(store_path, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "reach-v3" in proc.stdout
     assert json.loads((tmp_path / "r.json").read_text())["tasks"]["push-v3"]["episodes"]
+    # How the policy acts can change at evaluation; what shapes its weights cannot.
+    proc = run_il("eval", "--checkpoint", str(out), "--episodes-per-task", "1", "--env",
+                  "metaworld/reach-v3", "--max-episode-steps", "5", "--json",
+                  str(tmp_path / "g.json"), "model.gmm_act=best")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "model.gmm_act=best" in json.loads((tmp_path / "g.json").read_text())["policy"]
+    proc = run_il("eval", "--checkpoint", str(out), "model.hidden=[8]")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "model.hidden cannot change" in proc.stderr
 
 
 @pytest.mark.parametrize(

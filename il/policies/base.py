@@ -20,7 +20,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,6 +36,7 @@ __all__ = [
     "CheckpointError",
     "DataSpec",
     "Policy",
+    "acting_overrides",
     "build_config",
     "read_description",
     "resolve_checkpoint",
@@ -351,6 +352,38 @@ def resolve_checkpoint(path: str | Path) -> Path:
         f"no checkpoint at {path}: expected policy.json there or in {path}/checkpoints/last; "
         "give a run folder made by `il train` or one of its checkpoints"
     )
+
+
+def acting_overrides(config_cls: type, items: Sequence[str], method: str) -> dict[str, Any]:
+    """`model.key=value` items → typed values for the fields a trained policy may change
+    (`config_cls.ACTING`: how many actions of a chunk to execute, denoising steps, ...).
+
+    Anything else shapes the weights or the data the policy was fitted to, so it is refused
+    rather than silently producing a policy that was never trained."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    allowed = tuple(getattr(config_cls, "ACTING", ()))
+    can = ", ".join(f"model.{k}" for k in allowed) or "nothing"
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.startswith("model."):
+            raise CheckpointError(f"{item!r} is not model.key=value (e.g. model.n_action_steps=4)")
+        key = key.removeprefix("model.")
+        if key not in allowed:
+            raise CheckpointError(
+                f"model.{key} cannot change on a trained {method} policy (it shapes the weights "
+                f"or is not a field); it can change {can}"
+            )
+        try:
+            typed = OmegaConf.merge(
+                OmegaConf.structured(config_cls), OmegaConf.from_dotlist([f"{key}={raw}"])
+            )
+            values[key] = OmegaConf.to_container(typed)[key]
+        except OmegaConfBaseException as e:
+            raise CheckpointError(f"bad value for model.{key}: {str(e).splitlines()[0]}") from None
+    return values
 
 
 def build_config(cls: type, values: Mapping[str, Any]) -> Any:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,10 @@ __all__ = ["BCConfig", "BCPolicy"]
 @dataclass
 class BCConfig(ObservationConfig):
     """Behaviour cloning."""
+
+    ACTING: ClassVar[tuple[str, ...]] = ("n_action_steps", "temporal_ensemble", "gmm_act")
+    """Fields that change how the trained policy acts, not its weights: `il eval` and
+    `il deploy` may set them on a checkpoint."""
 
     action_horizon: int = 1
     """Future actions predicted at once (the action chunk)."""

@@ -19,6 +19,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,10 @@ __all__ = ["ConditionalUnet1D", "DiffusionConfig", "DiffusionPolicy", "NoiseSche
 @dataclass
 class DiffusionConfig(ObservationConfig):
     """Diffusion Policy with a 1-D conditional U-Net."""
+
+    ACTING: ClassVar[tuple[str, ...]] = ("n_action_steps", "inference_steps", "eta", "clip_sample")
+    """Fields that change how the trained policy acts, not its weights: `il eval` and
+    `il deploy` may set them on a checkpoint."""
 
     obs_horizon: int = 2
     action_horizon: int = 16

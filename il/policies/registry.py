@@ -8,6 +8,7 @@ modules need nothing from this one (they sit below it; `base` sits below them al
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from il.policies.base import (
     CheckpointError,
     DataSpec,
     Policy,
+    acting_overrides,
     build_config,
     read_description,
     resolve_checkpoint,
@@ -49,8 +51,14 @@ METHODS: dict[str, type[Policy]] = {
 """Method name → policy class."""
 
 
-def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
-    """Rebuild a policy from a checkpoint folder (or a run folder: its latest checkpoint)."""
+def load_policy(
+    path: str | Path, device: str | torch.device = "cpu", acting: Sequence[str] = ()
+) -> Policy:
+    """Rebuild a policy from a checkpoint folder (or a run folder: its latest checkpoint).
+
+    `acting`: `model.key=value` items for the fields that change how it acts and not its
+    weights (e.g. `model.n_action_steps=4`), to try a trained policy another way without
+    training it again."""
     directory = resolve_checkpoint(path)
     description = read_description(directory)
     cls = METHODS.get(description.get("policy", ""))
@@ -59,11 +67,17 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
             f"{directory} holds policy {description.get('policy')!r}, which this il does not "
             f"know; known: {', '.join(sorted(METHODS))}"
         )
-    config = build_config(cls.Config, description["config"])
+    values = {**description["config"], **acting_overrides(cls.Config, acting, cls.name)}
+    config = build_config(cls.Config, values)
     spec = DataSpec(**description["spec"])
     normalizer = Normalizer.from_json(description["normalizer"])
-    with text.from_checkpoint():  # instruction embeddings come with the weights
-        policy = cls(config, spec, normalizer)
+    try:
+        with text.from_checkpoint():  # instruction embeddings come with the weights
+            policy = cls(config, spec, normalizer)
+    except ValueError as e:  # a saved config is valid, so an override made it inconsistent
+        if not acting:
+            raise
+        raise CheckpointError(f"{' '.join(acting)}: {e}") from None
     try:
         state = load_file(str(directory / "model.safetensors"))
     except Exception as e:  # safetensors raises several types for a damaged file
