@@ -333,3 +333,30 @@ def test_workspace_camera_frames_goals_larger_than_corner(task):
         assert cam.R[1, 2] < 0  # upright: the image's v axis points down in the world
     finally:
         env.close()
+
+
+@pytest.mark.parametrize(
+    ("task", "site"), [("reach-v3", "goal"), ("coffee-push-v3", "coffee_goal")]
+)
+def test_red_goal_markers_are_drawn_magenta(task, site):
+    """A goal marker Meta-World draws in the arm's red is drawn magenta, and the pixel where the
+    goal projects shows it; goals in other colours keep theirs."""
+    from envs.metaworld import GOAL_MARKER_RGBA
+
+    env = envs.make(f"metaworld/{task}", obs=("image/workspace",), image_size=84)
+    try:
+        model = env.unwrapped.model
+        np.testing.assert_allclose(model.site(site).rgba, GOAL_MARKER_RGBA)
+        for seed in (0, 1, 2):
+            obs, _ = env.reset(seed=seed)
+            goal = env.unwrapped.data.site(site).xpos
+            u, v = env.unwrapped.camera_model("workspace").project(goal)
+            r, g, b = obs["image/workspace"][int(v), int(u)].astype(int)
+            assert r > 2 * g and b > 2 * g, (task, seed, (r, g, b))
+    finally:
+        env.close()
+    push = envs.make("metaworld/push-v3", obs=("state",))
+    try:
+        np.testing.assert_allclose(push.unwrapped.model.site("goal").rgba, (0, 0.8, 0, 1))
+    finally:
+        push.close()
