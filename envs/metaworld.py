@@ -19,9 +19,9 @@ one would mount a camera on a real bench. It changes nothing in the physics.
 Meta-World draws some goal markers (reach, peg insertion, plate sliding, lever, dial, basketball,
 coffee) in red, the arm's own colour, and a policy from pixels does not pick them out: on MT10
 from images, reach stayed at the success of ignoring the goal while push and pick-place, with
-the same puck and goal ranges but green and blue goals, were learnt. Those markers are drawn in
-magenta, a colour nothing else in the scenes has. Markers are visual only; states, physics and
-the scripted experts are unchanged.
+the same puck and goals in the same region but green and blue, were learnt. Those markers are
+drawn in magenta, a colour nothing else in the scenes has. Markers are visual only; states,
+physics and the scripted experts are unchanged.
 """
 
 from __future__ import annotations
