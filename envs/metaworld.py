@@ -12,9 +12,10 @@ upside down; they are turned 180° about their viewing axis in the model itself,
 models and segmentation all agree without flipping pixels afterwards.
 
 Meta-World's fixed cameras frame the whole table, so a goal marker is one or two pixels at 84x84
-and a policy from pixels cannot find it. One camera is added to every scene, `workspace`: in front
-of the table and to the robot's left, aimed at the region where objects and goals are placed, as
-one would mount a camera on a real bench. It changes nothing in the physics.
+and a policy from pixels cannot find it. Two cameras are added to every scene, aimed at the
+region where objects and goals are placed, as one would mount cameras on a real bench:
+`workspace` in front of the table looking down on it, and `side` across it, low, which sees
+heights. They change nothing in the physics.
 
 Meta-World draws some goal markers (reach, peg insertion, plate sliding, lever, dial, basketball,
 coffee) in red, the arm's own colour, and a policy from pixels does not pick them out: on MT10
@@ -149,11 +150,18 @@ CAMERAS = (
     "behindGripper",
     "gripperPOV",
     "workspace",
+    "side",
 )
-WORKSPACE_CAMERA = {"pos": (0.5, 1.15, 0.5), "target": (0.0, 0.7, 0.08), "fovy": 45.0}
-"""The added camera: where it stands, the point it looks at (the middle of the object and goal
-ranges, a little above the table) and its vertical field of view in degrees. At 84x84 a goal
-sphere is 3-4 pixels across instead of 1-2 from `corner`."""
+ADDED_CAMERAS = {
+    "workspace": {"pos": (0.5, 1.15, 0.5), "target": (0.0, 0.7, 0.08), "fovy": 45.0},
+    "side": {"pos": (0.8, 0.65, 0.3), "target": (0.0, 0.7, 0.1), "fovy": 50.0},
+}
+"""The cameras added to every scene: where each stands, the point it looks at and its vertical
+field of view in degrees. `workspace` looks down on the middle of the object and goal ranges from
+in front of the table: at 84x84 a goal sphere is 3-4 pixels across instead of 1-2 from `corner`.
+From that height a goal's height and its depth fall along nearly the same image direction, so
+`side` looks across the table from its +x end, 20 cm above it, where height is the image's
+vertical and depth its horizontal."""
 GOAL_MARKER_RGBA = (1.0, 0.0, 1.0, 1.0)
 """Magenta: the colour of goal markers that Meta-World draws in the arm's red."""
 
@@ -274,7 +282,7 @@ def _is_red_goal(name: str, rgba: np.ndarray) -> bool:
 
 @functools.cache
 def _scene_class(cls: type) -> type:
-    """`cls`, a Meta-World env class, whose scene is compiled with the `workspace` camera added
+    """`cls`, a Meta-World env class, whose scene is compiled with `ADDED_CAMERAS`
     and red goal markers drawn in `GOAL_MARKER_RGBA`.
 
     Meta-World builds its model from an XML file inside gymnasium's `_initialize_simulation`;
@@ -284,13 +292,13 @@ def _scene_class(cls: type) -> type:
 
     def _initialize_simulation(self: Any) -> tuple[mujoco.MjModel, mujoco.MjData]:
         spec = mujoco.MjSpec.from_file(self.fullpath)
-        cam = WORKSPACE_CAMERA
-        spec.worldbody.add_camera(
-            name="workspace",
-            pos=cam["pos"],
-            quat=_look_at(cam["pos"], cam["target"]),
-            fovy=cam["fovy"],
-        )
+        for name, cam in ADDED_CAMERAS.items():
+            spec.worldbody.add_camera(
+                name=name,
+                pos=cam["pos"],
+                quat=_look_at(cam["pos"], cam["target"]),
+                fovy=cam["fovy"],
+            )
         for site in spec.sites:
             if _is_red_goal(site.name, site.rgba):
                 site.rgba = GOAL_MARKER_RGBA

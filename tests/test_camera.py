@@ -307,7 +307,7 @@ def test_workspace_camera_leaves_physics_alone():
         np.testing.assert_array_equal(
             np.asarray(got[1:], np.float32), np.asarray(want[1:], np.float32)
         )
-        assert ours.unwrapped.model.ncam == plain.model.ncam + 1
+        assert ours.unwrapped.model.ncam == plain.model.ncam + 2
     finally:
         ours.close()
         plain.close()
@@ -331,6 +331,32 @@ def test_workspace_camera_frames_goals_larger_than_corner(task):
             assert sizes["workspace"] > 2 * sizes["corner"], sizes
         cam = env.unwrapped.camera_model("workspace")
         assert cam.R[1, 2] < 0  # upright: the image's v axis points down in the world
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("task", ["reach-v3", "pick-place-v3"])
+def test_side_camera_sees_a_floating_goals_height(task):
+    """From `side` every goal of the task is in view and a higher goal is higher in the image,
+    and the camera looks nearly level, so height is not confused with depth as from above."""
+    env = envs.make(f"metaworld/{task}", obs=("state",), image_size=84)
+    try:
+        cam = env.unwrapped.camera_model("side")
+        assert cam.R[1, 2] < 0  # upright
+        assert abs(cam.R[2, 2]) < 0.3  # optical axis within ~17 degrees of horizontal
+        goals = []
+        for seed in range(0, 50, 5):
+            env.reset(seed=seed)
+            goal = np.asarray(env.unwrapped.sim._target_pos, dtype=float)
+            u, v = cam.project(goal)
+            assert 0 <= u < 84 and 0 <= v < 84, f"{task} seed {seed}: goal off side's image"
+            goals.append(goal)
+        base = goals[0]
+        for z in (0.05, 0.15, 0.3):  # the same goal raised: rows go up the image
+            assert (
+                cam.project(base * [1, 1, 0] + [0, 0, z])[1]
+                > cam.project(base * [1, 1, 0] + [0, 0, z + 0.05])[1]
+            )
     finally:
         env.close()
 
