@@ -160,7 +160,7 @@ ADDED_CAMERAS = {
 field of view in degrees. `workspace` looks down on the middle of the object and goal ranges from
 in front of the table: at 84x84 a goal sphere is 3-4 pixels across instead of 1-2 from `corner`.
 From that height a goal's height and its depth fall along nearly the same image direction, so
-`side` looks across the table from its +x end, 20 cm above it, where height is the image's
+`side` looks across the table from its +x end, 30 cm above it, where height is the image's
 vertical and depth its horizontal."""
 GOAL_MARKER_RGBA = (1.0, 0.0, 1.0, 1.0)
 """Magenta: the colour of goal markers that Meta-World draws in the arm's red."""
@@ -286,7 +286,7 @@ def _scene_class(cls: type) -> type:
     and red goal markers drawn in `GOAL_MARKER_RGBA`.
 
     Meta-World builds its model from an XML file inside gymnasium's `_initialize_simulation`;
-    compiling the same file through `MjSpec` with one more camera gives the same bodies, joints
+    compiling the same file through `MjSpec` with two more cameras gives the same bodies, joints
     and geoms in the same order, so physics, ids and the scripted experts are untouched.
     """
 
