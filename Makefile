@@ -67,6 +67,7 @@ bench: setup
 	$(PY) benchmarks/store.py
 	$(PY) benchmarks/eval_speed.py
 	$(PY) benchmarks/act_latency.py
+	$(PY) benchmarks/train_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -17,7 +17,7 @@ from il.policies import text
 from il.policies.blocks import ObservationEncoder, ResNet18, TaskConditioning
 from il.policies.diffusion import ConditionalUnet1D, NoiseSchedule
 from il.policies.registry import load_policy
-from il.train import ConfigError, train
+from il.train import ConfigError, batch_at, prepare_data, train
 
 
 def test_ddim_recovers_the_clean_sample_from_the_true_noise():
@@ -173,9 +173,22 @@ def test_bc_on_proprio_and_images_trains_and_acts(tmp_path):
         "model.obs_horizon=2",
         "model.image_encoder=conv4",
         "model.image_channels=[8,16,16,16]",
+        "train.amp=bf16",  # the preset's mixed precision on a CPU
+        "data.memory_gb=0.01",
     )
+    data = prepare_data(config, config.model)
+    # two episodes of 32x32 images fit in 10 MB: decoded once, not at every batch
+    assert data.train.readers()["obs/image/corner"].mode == "memory"
+    config.data.memory_gb = 0
+    assert prepare_data(config, config.model).train.readers()["obs/image/corner"].mode != "memory"
+    config.data.memory_gb = 0.01
     policy = load_policy(train(config))
     assert policy.config.image_shift == 2
+    # bf16 for the convolutions, float32 for the actions: the head leaves autocast
+    batch = batch_at(data.train, data.train_tasks, 2, (0,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        chunk = policy.predict_chunk(policy.training_observations(batch), batch["task"])
+    assert chunk.dtype == torch.float32
     convs = [m for m in policy.encoder.cameras["obs__image__corner"].convs if hasattr(m, "weight")]
     assert [c.out_channels for c in convs] == [8, 16, 16, 16]
     config.model.image_encoder, config.model.image_channels = "cnn", [16, 32, 32]

@@ -19,7 +19,7 @@ from il.data.store import DemoStore
 from il.evaluate import _episode_blocks, evaluate_checkpoint
 from il.policies.base import CheckpointError
 from il.policies.registry import load_policy
-from il.train import ConfigError, train
+from il.train import ConfigError, amp_dtype, load_config, train
 
 IL = [sys.executable, "-m", "il.cli"]
 
@@ -159,6 +159,22 @@ def test_bad_config_is_one_line(store_path, tmp_path, overrides, message):
     proc = run_il("train", "--data", store_path, "--out", str(tmp_path / "y"), *overrides)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["bc", "bc_image", "bc_mt50", "diffusion"])
+def test_presets_load(name):
+    # a preset with a stale key or a mistyped value would fail only when someone trains with it
+    config = load_config(name.split("_")[0], ROOT / "configs" / f"{name}.yaml")
+    assert config.train.steps > 0
+
+
+def test_amp_off_survives_yaml(store_path, tmp_path):
+    # YAML 1.1 reads a bare `off` as false; the override must still mean float32
+    config = config_for(store_path, tmp_path / "x", "train.amp=off")
+    assert amp_dtype(config.train.amp, torch.device("cpu")) is None
+    assert amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(ConfigError, match=r"train\.amp must be"):
+        amp_dtype("fp8", torch.device("cpu"))
 
 
 def test_bad_inputs_are_one_line(store_path, tmp_path):

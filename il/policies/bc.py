@@ -88,11 +88,20 @@ class BCPolicy(Policy):
             layer_norm=config.layer_norm,
         )
 
+    def _head_output(self, obs: Mapping[str, torch.Tensor], task: torch.Tensor) -> torch.Tensor:
+        """The head's raw output, computed in float32 even under bf16 autocast: bf16 keeps 8
+        bits of mantissa, a step of 0.008 near ±1 of the normalized action range, too coarse
+        for the actions of a precise approach. The head is a small share of the time; the
+        encoder's convolutions, where it goes, keep autocast."""
+        features = self.encoder(obs, task)
+        with torch.autocast(features.device.type, enabled=False):
+            return self.head(features.float())
+
     def mixture(
         self, obs: Mapping[str, torch.Tensor], task: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The `gmm` head's mixture: logits (b m), means and stds (b m chunk_dim)."""
-        out = self.head(self.encoder(obs, task))
+        out = self._head_output(obs, task)
         m, d = self.config.gmm_modes, self.chunk_dim
         logits, means, raw_std = out.split([m, m * d, m * d], dim=-1)
         means = rearrange(means, "b (m d) -> b m d", m=m)
@@ -109,7 +118,7 @@ class BCPolicy(Policy):
                 mode = torch.multinomial(probs, 1, generator=self.generator)[:, 0]  # b
             out = means[torch.arange(len(mode), device=mode.device), mode]
         else:
-            out = self.head(self.encoder(obs, task))
+            out = self._head_output(obs, task)
         return rearrange(out, "b (h a) -> b h a", h=self.config.action_horizon)
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
