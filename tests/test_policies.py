@@ -29,6 +29,13 @@ def test_ddim_recovers_the_clean_sample_from_the_true_noise():
         # With the exact noise, one deterministic DDIM jump to t = -1 lands on x0.
         x = schedule.ddim_step(xt, noise, t, -1)
         torch.testing.assert_close(x, x0, atol=1e-3, rtol=0)  # float32 at tiny alpha_bar
+        # A network that predicts the clean sample lands there too, and a jump to an
+        # intermediate step matches the one taken from the true noise.
+        torch.testing.assert_close(schedule.ddim_step(xt, x0, t, -1, prediction="sample"), x0)
+        if t > 10:
+            from_noise = schedule.ddim_step(xt, noise, t, t - 10)
+            from_sample = schedule.ddim_step(xt, x0, t, t - 10, prediction="sample")
+            torch.testing.assert_close(from_sample, from_noise, atol=1e-3, rtol=0)
     assert schedule.timesteps(10) == [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
     alpha_bar = schedule.alpha_bar
     assert alpha_bar[0] > 0.99 and alpha_bar[-1] < 1e-3 and bool((alpha_bar.diff() < 0).all())
@@ -42,19 +49,20 @@ def test_unet_keeps_the_chunk_shape(horizon):
     assert out.shape == x.shape
 
 
-def test_diffusion_trains_saves_loads_and_acts(store_path, tmp_path):
+@pytest.mark.parametrize("prediction", ["epsilon", "sample"])
+def test_diffusion_trains_saves_loads_and_acts(store_path, tmp_path, prediction):
     out = tmp_path / "run"
-    last = train(
-        config_for(store_path, out, "train.steps=150", "train.lr=3e-3", policy="diffusion")
-    )
+    overrides = ("train.steps=150", "train.lr=3e-3", f"model.prediction={prediction}")
+    last = train(config_for(store_path, out, *overrides, policy="diffusion"))
     policy = load_policy(out)
     assert policy.name == "diffusion" and policy.config.n_action_steps == 2
+    assert policy.config.prediction == prediction
     loss = [
         float(line.split(",")[-1])
         for line in (out / "metrics.csv").read_text().splitlines()
         if ",train,loss," in line
     ]
-    assert np.mean(loss[-3:]) < 0.8 * np.mean(loss[:3])  # it learns to predict the noise
+    assert np.mean(loss[-3:]) < 0.8 * np.mean(loss[:3])  # it learns its target
     twin = load_policy(last)
     env = envs.make("metaworld/push-v3")
     obs, _ = env.reset(seed=2)
@@ -103,6 +111,7 @@ def test_diffusion_resume_matches_an_uninterrupted_run(store_path, tmp_path):
         (["model.n_action_steps=9"], "n_action_steps must be between"),
         (["model.image_encoder=vit"], "unknown image encoder 'vit'"),
         (["model.task_encoding=words"], "unknown task encoding 'words'"),
+        (["model.prediction=v"], "model.prediction must be 'epsilon' or 'sample'"),
     ],
 )
 def test_bad_model_config_is_a_config_error(store_path, tmp_path, overrides, message):

@@ -61,6 +61,11 @@ class DiffusionConfig(ObservationConfig):
     """DDIM's stochasticity: 0 deterministic, 1 as stochastic as DDPM."""
     clip_sample: bool = True
     """Clip predicted clean chunks to [-1, 1], the range of min-max normalized actions."""
+    prediction: str = "epsilon"
+    """What the U-Net learns to output: `epsilon`, the noise that was added (the paper's
+    choice), or `sample`, the clean chunk itself. Both sample through the same DDIM steps; a
+    clean-chunk target gives the network the action scale directly, which matters when the
+    training budget is too short for the noise target to converge."""
 
 
 # --- noise schedule ------------------------------------------------------------------------------
@@ -89,18 +94,23 @@ class NoiseSchedule(nn.Module):
     def ddim_step(
         self,
         x: torch.Tensor,
-        eps: torch.Tensor,
+        out: torch.Tensor,
         t: int,
         t_prev: int,
         *,
+        prediction: str = "epsilon",
         eta: float = 0.0,
         clip: bool = True,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """x_t → x_{t_prev} given the predicted noise (Song et al. 2021, eq. 12)."""
+        """x_t → x_{t_prev} given the network's output (Song et al. 2021, eq. 12): the
+        predicted noise, or with `prediction="sample"` the predicted clean sample."""
         a = self.alpha_bar[t]
         a_prev = self.alpha_bar[t_prev] if t_prev >= 0 else torch.ones_like(a)
-        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        if prediction == "sample":
+            x0, eps = out, (x - a.sqrt() * out) / (1 - a).sqrt()
+        else:
+            x0, eps = (x - (1 - a).sqrt() * out) / a.sqrt(), out
         if clip:
             x0 = x0.clamp(-1, 1)
             eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
@@ -241,6 +251,10 @@ class DiffusionPolicy(Policy):
                 "clip_sample needs actions normalized to [-1, 1]: set "
                 "data.normalize.action=min_max or model.clip_sample=false"
             )
+        if config.prediction not in ("epsilon", "sample"):
+            raise ValueError(
+                f"model.prediction must be 'epsilon' or 'sample', not {config.prediction!r}"
+            )
         self.encoder = ObservationEncoder.from_config(
             config, spec.obs_shapes, spec.tasks, spec.instructions
         )
@@ -262,8 +276,9 @@ class DiffusionPolicy(Policy):
         predicted = self.unet(self.schedule.add_noise(actions, noise, t), t, cond)
         # Padded steps past an episode's end repeat its last action: the chunk the policy
         # should produce there (hold still), so they are learnt like any other.
-        loss = F.mse_loss(predicted.float(), noise)
-        return loss, {"noise_mse": float(loss.detach())}
+        target = actions if self.config.prediction == "sample" else noise
+        loss = F.mse_loss(predicted.float(), target)
+        return loss, {f"{self.config.prediction}_mse": float(loss.detach())}
 
     def predict_chunk(
         self,
@@ -278,12 +293,13 @@ class DiffusionPolicy(Policy):
         x = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
         steps = self.schedule.timesteps(self.config.inference_steps)
         for t, t_prev in zip(steps, [*steps[1:], -1], strict=True):
-            eps = self.unet(x, torch.full((b,), t, device=cond.device), cond)
+            out = self.unet(x, torch.full((b,), t, device=cond.device), cond)
             x = self.schedule.ddim_step(
                 x,
-                eps.to(x.dtype),
+                out.to(x.dtype),
                 t,
                 t_prev,
+                prediction=self.config.prediction,
                 eta=self.config.eta,
                 clip=self.config.clip_sample,
                 generator=generator,
