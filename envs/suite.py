@@ -4,10 +4,11 @@ vector env over all of them. Evaluation and recording only ever see this interfa
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import gymnasium as gym
 
@@ -48,6 +49,15 @@ class TaskSuite:
             if self.matches(t, name):
                 return t
         raise self.task_not_found(name)
+
+    def subset(self, names: Iterable[str]) -> Self:
+        """The same suite restricted to some of its tasks, in the suite's order. Each task keeps
+        its variations and its index, so a policy conditioned on the full suite's one-hot (and
+        the episodes a store recorded) see exactly the tasks they would in the whole suite."""
+        wanted = {self.task(n).name for n in names}
+        if not wanted:
+            raise ValueError(f"no tasks named; tasks of {self.name}: {', '.join(self.task_names)}")
+        return dataclasses.replace(self, tasks=tuple(t for t in self.tasks if t.name in wanted))
 
     def make(self, task: str | int, **kwargs: Any) -> gym.Env:
         """One environment of the suite; keyword arguments as for the family's env."""

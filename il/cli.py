@@ -42,7 +42,7 @@ def _cpu_count() -> int:
 
 def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
     """The options every verb that rolls episodes out shares, with the same names and meaning:
-    --env, --split, --episodes-per-task, --workers, --seed, --obs, --image-size,
+    --env, --tasks, --split, --episodes-per-task, --workers, --seed, --obs, --image-size,
     --max-episode-steps."""
     options = [
         click.option(
@@ -50,6 +50,12 @@ def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
             default=None,
             help="Task or suite, e.g. metaworld/MT10 or metaworld/reach-v3 "
             "[default: metaworld/MT10; for --checkpoint, the tasks it was trained on].",
+        ),
+        click.option(
+            "--tasks",
+            default=None,
+            help="Only these tasks of the suite, comma-separated, e.g. "
+            "peg-insert-side-v3,reach-v3 (on the variations they have in the whole suite).",
         ),
         click.option(
             "--split",
@@ -205,6 +211,7 @@ def eval_(
     checkpoint: Path | None,
     policy: str | None,
     env: str | None,
+    tasks: str | None,
     split: str,
     episodes_per_task: int,
     workers: int | None,
@@ -230,6 +237,8 @@ def eval_(
         raise UserError("give either --checkpoint RUN_OR_CHECKPOINT or --policy expert")
     if acting and checkpoint is None:
         raise UserError(f"{acting[0]}: model.key=value changes a checkpoint; give --checkpoint")
+    if tasks is not None and not _parse_tasks(tasks):
+        raise UserError("--tasks names no task; give some, e.g. --tasks reach-v3,push-v3")
     common = dict(
         episodes_per_task=episodes_per_task,
         seed=seed,
@@ -244,7 +253,9 @@ def eval_(
                 folder = resolve_checkpoint(checkpoint)
                 learned = read_description(folder)
                 trained_env = learned["spec"]["env"]
-                if env is not None:
+                if tasks is not None:
+                    n_tasks = len(set(_parse_tasks(tasks)))
+                elif env is not None:
                     n_tasks = len(_suite_and_obs(env, split, None)[0].tasks)
                 else:
                     n_tasks = len(trained_env.get("tasks") or [None])
@@ -259,6 +270,7 @@ def eval_(
                     folder,
                     suite=env,
                     split=split,
+                    tasks=_parse_tasks(tasks),
                     workers=workers,
                     act_ahead=act_ahead,
                     acting=acting,
@@ -268,7 +280,7 @@ def eval_(
                 raise UserError(str(e)) from None
             policy = learned["policy"]
         else:
-            suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs)
+            suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs, tasks)
             workers = workers or min(_cpu_count(), len(suite.tasks) * episodes_per_task)
             bar.update(
                 job,
@@ -349,6 +361,7 @@ def eval_(
 def record(
     source: str,
     env: str,
+    tasks: str | None,
     split: str,
     episodes_per_task: int,
     obs: str | None,
@@ -392,7 +405,7 @@ def record(
         )
         return
 
-    suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs)
+    suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs, tasks)
     max_episode_steps = _max_steps(suite.name, max_episode_steps)
     if suite.name.startswith("maze/"):
         _record_maze(suite, out, episodes_per_task, max_episode_steps, seed)
@@ -837,13 +850,17 @@ def _max_steps(env: str, given: int | None) -> int:
     return given or int(envs.defaults(env)["max_episode_steps"])
 
 
-def _suite_and_obs(env: str, split: str, obs: str | None) -> tuple[Any, tuple[str, ...]]:
-    """The suite named by --env/--split and the keys of --obs (None: the family's default), or
-    a one-line error."""
+def _suite_and_obs(
+    env: str, split: str, obs: str | None, tasks: str | None = None
+) -> tuple[Any, tuple[str, ...]]:
+    """The suite named by --env/--split (only --tasks of it, if given) and the keys of --obs
+    (None: the family's default), or a one-line error."""
     import envs
 
     try:
         suite = envs.suite(env, split=split)
+        if tasks is not None:
+            suite = suite.subset(_parse_tasks(tasks))
         if env.startswith("maze/"):
             from envs.maze import parse_obs
 
@@ -864,6 +881,11 @@ def _progress(verb: str) -> Progress:
         console=console,
         transient=True,
     )
+
+
+def _parse_tasks(tasks: str | None) -> tuple[str, ...]:
+    """--tasks a,b → ("a", "b"); None → () (every task)."""
+    return tuple(t.strip() for t in (tasks or "").split(",") if t.strip())
 
 
 def _parse_obs(obs: str) -> tuple[str, ...]:

@@ -366,14 +366,15 @@ def evaluate_checkpoint(
     *,
     suite: str | None = None,
     split: str = "train",
+    tasks: Sequence[str] = (),
     act_ahead: int = 0,
     acting: Sequence[str] = (),
     **kwargs: Any,
 ) -> EvalReport:
     """Evaluate a checkpoint in the env it describes: its suite (or `suite`), its observation
-    keys, image size and episode length. `act_ahead`: roll out as a deployment with
-    `Policy.set_act_ahead` would. `acting`: `model.key=value` changes to how it acts (see
-    `load_policy`)."""
+    keys, image size and episode length. `tasks`: only these tasks of that suite, on the same
+    variations. `act_ahead`: roll out as a deployment with `Policy.set_act_ahead` would.
+    `acting`: `model.key=value` changes to how it acts (see `load_policy`)."""
     from il.policies.base import resolve_checkpoint
     from il.policies.registry import load_policy
 
@@ -387,9 +388,9 @@ def evaluate_checkpoint(
     chosen = envs.suite(name, split=split if suite else env.get("split", split))
     trained = env.get("tasks") or policy.spec.tasks
     if suite is None and trained:  # the tasks it was trained on, of the suite it came from
-        chosen = type(chosen)(
-            chosen.name, chosen.split, tuple(t for t in chosen.tasks if t.name in trained)
-        )
+        chosen = chosen.subset(t for t in chosen.task_names if t in trained)
+    if tasks:
+        chosen = chosen.subset(tasks)
     if policy.spec.tasks:
         unknown = [t for t in chosen.task_names if t not in policy.spec.tasks]
         if unknown:

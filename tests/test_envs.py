@@ -94,6 +94,15 @@ def test_mt10_suite_has_fixed_variations():
     assert all(t.instruction for t in mt10)
     again = envs.suite("metaworld/MT10")
     assert mt10.tasks[0].variations == again.tasks[0].variations  # reproducible
+    # A subset keeps the suite's order, variations and one-hot indices, not the order asked for.
+    part = mt10.subset(["peg-insert-side", "reach-v3"])
+    assert part.task_names == ("reach-v3", "peg-insert-side-v3") and part.name == mt10.name
+    assert [t.index for t in part] == [0, 7]
+    assert part.task("peg-insert-side-v3").variations == mt10.tasks[7].variations
+    with pytest.raises(ValueError, match="did you mean 'reach-v3'"):
+        mt10.subset(["reach-v2"])
+    with pytest.raises(ValueError, match="no tasks named"):
+        mt10.subset([])
 
 
 def test_ml10_splits_hide_the_goal():

@@ -153,6 +153,11 @@ def test_cli_record_and_info(tmp_path):
     assert report["keys"]["obs/state"]["bytes_on_disk"] > 0
     text = run_il("info", out).stdout
     assert "5 episodes" in text and "drawer-open-v3" in text
+    part = str(tmp_path / "part.zarr")
+    run_il("record", "--env", "metaworld/MT10", "--tasks", "drawer-close", "--episodes-per-task",
+           "2", "--out", part, "--workers", "1", "--max-episode-steps", "20")  # fmt: skip
+    report = json.loads(run_il("info", part, "--json").stdout)
+    assert report["tasks"] == {"drawer-close-v3": 2}
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,11 @@ def test_cli_train_then_eval(store_path, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "reach-v3" in proc.stdout
     assert json.loads((tmp_path / "r.json").read_text())["tasks"]["push-v3"]["episodes"]
+    proc = run_il("eval", "--checkpoint", str(out), "--tasks", "push",
+                  "--episodes-per-task", "1", "--max-episode-steps", "5", "--json",
+                  str(tmp_path / "t.json"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert list(json.loads((tmp_path / "t.json").read_text())["tasks"]) == ["push-v3"]
     # How the policy acts can change at evaluation; what shapes its weights cannot.
     proc = run_il("eval", "--checkpoint", str(out), "--episodes-per-task", "1", "--env",
                   "metaworld/reach-v3", "--max-episode-steps", "5", "--json",
@@ -184,6 +189,8 @@ def test_bad_inputs_are_one_line(store_path, tmp_path):
         (["train", "--policy", "nope", "--data", store_path], "unknown policy 'nope'"),
         (["eval", "--checkpoint", str(tmp_path)], "no checkpoint at"),
         (["eval"], "give either --checkpoint"),
+        (["eval", "--policy", "expert", "--tasks", "reach-v2"], "did you mean 'reach-v3'"),
+        (["eval", "--policy", "expert", "--tasks", ","], "--tasks names no task"),
     ]
     for args, message in cases:
         proc = run_il(*args, "--out", str(tmp_path / "o")) if args[0] == "train" else run_il(*args)
