@@ -228,7 +228,8 @@ def eval_(
     """Roll a checkpoint (or the scripted experts) out on a suite; success per task.
 
     ACTING: model.key=value changes to how a trained policy acts, not to its weights, e.g.
-    model.n_action_steps=4 or model.inference_steps=16 (the error lists what a method allows)."""
+    model.n_action_steps=4, model.inference_steps=16 or model.noise_scale=0.5 (the error lists
+    what a method allows)."""
     from il.evaluate import evaluate, evaluate_checkpoint
     from il.policies.base import CheckpointError, read_description, resolve_checkpoint
     from il.policies.expert import expert_for_task

@@ -393,6 +393,44 @@ def test_acting_overrides_change_how_a_checkpoint_acts_not_its_weights(tmp_path)
     assert ensembled.config.temporal_ensemble == pytest.approx(0.01)
 
 
+def test_diffusion_noise_scale_sets_the_sampling_temperature(tmp_path):
+    from il.data.normalize import KeyStats, Normalizer
+    from il.policies.base import DataSpec
+    from il.policies.diffusion import DiffusionConfig, DiffusionPolicy
+
+    torch.manual_seed(0)
+    spec = DataSpec(obs_shapes={"obs/state": [5]}, action_dim=2, tasks=[])
+    stats = {k: KeyStats(-np.ones(d), np.ones(d), np.zeros(d), np.ones(d), 1) for k, d in
+             (("obs/state", 5), ("action", 2))}  # fmt: skip
+    normalizer = Normalizer(stats, {"obs/state": "mean_std", "action": "min_max"})
+    config = DiffusionConfig(action_horizon=4, n_action_steps=2, down_dims=[8, 16], groups=4)
+    DiffusionPolicy(config, spec, normalizer).eval().save(tmp_path / "ckpt")
+    obs = {"obs/state": torch.randn(1, 2, 5)}
+    task = torch.zeros(1, dtype=torch.long)
+
+    def chunks(policy, seeds=(1, 2)):
+        with torch.no_grad():
+            return [
+                policy.predict_chunk(obs, task, torch.Generator().manual_seed(s)) for s in seeds
+            ]
+
+    # As trained, different noise gives different chunks; at scale 0 every draw starts from
+    # the same point, so DDIM returns one chunk whatever the generator.
+    a, b = chunks(load_policy(tmp_path / "ckpt"))
+    assert not torch.allclose(a, b)
+    cold = load_policy(tmp_path / "ckpt", acting=["model.noise_scale=0"])
+    assert cold.config.noise_scale == 0
+    a, b = chunks(cold)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # With eta > 0 each step draws noise too, and the scale covers that noise as well.
+    stochastic = load_policy(tmp_path / "ckpt", acting=["model.eta=1", "model.noise_scale=0"])
+    torch.testing.assert_close(*chunks(stochastic), rtol=0, atol=0)
+    from il.policies.base import CheckpointError
+
+    with pytest.raises(CheckpointError, match="noise_scale must be ≥ 0"):
+        load_policy(tmp_path / "ckpt", acting=["model.noise_scale=-1"])
+
+
 @pytest.mark.parametrize(
     ("item", "message"),
     [

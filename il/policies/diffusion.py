@@ -37,7 +37,13 @@ __all__ = ["ConditionalUnet1D", "DiffusionConfig", "DiffusionPolicy", "NoiseSche
 class DiffusionConfig(ObservationConfig):
     """Diffusion Policy with a 1-D conditional U-Net."""
 
-    ACTING: ClassVar[tuple[str, ...]] = ("n_action_steps", "inference_steps", "eta", "clip_sample")
+    ACTING: ClassVar[tuple[str, ...]] = (
+        "n_action_steps",
+        "inference_steps",
+        "eta",
+        "clip_sample",
+        "noise_scale",
+    )
     """Fields that change how the trained policy acts, not its weights: `il eval` and
     `il deploy` may set them on a checkpoint."""
 
@@ -59,6 +65,11 @@ class DiffusionConfig(ObservationConfig):
     """Denoising steps when acting (DDIM with eta 0 jumps over the others)."""
     eta: float = 0.0
     """DDIM's stochasticity: 0 deterministic, 1 as stochastic as DDPM."""
+    noise_scale: float = 1.0
+    """Scale of the noise sampling draws when acting (the starting chunk, and with eta > 0
+    each step's noise): 1 samples the learnt action distribution, below 1 at a lower
+    temperature, toward its densest part (the low-temperature sampling of Decision Diffuser,
+    Ajay et al. 2023), for tasks that want the one likeliest action rather than a draw."""
     clip_sample: bool = True
     """Clip predicted clean chunks to [-1, 1], the range of min-max normalized actions."""
     prediction: str = "epsilon"
@@ -102,6 +113,7 @@ class NoiseSchedule(nn.Module):
         eta: float = 0.0,
         clip: bool = True,
         generator: torch.Generator | None = None,
+        noise_scale: float = 1.0,
     ) -> torch.Tensor:
         """x_t → x_{t_prev} given the network's output (Song et al. 2021, eq. 12): the
         predicted noise, or with `prediction="sample"` the predicted clean sample."""
@@ -119,7 +131,7 @@ class NoiseSchedule(nn.Module):
         x_prev = a_prev.sqrt() * x0 + direction
         if eta > 0:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x_prev = x_prev + sigma * noise
+            x_prev = x_prev + sigma * noise_scale * noise
         return x_prev
 
 
@@ -251,6 +263,10 @@ class DiffusionPolicy(Policy):
                 "clip_sample needs actions normalized to [-1, 1]: set "
                 "data.normalize.action=min_max or model.clip_sample=false"
             )
+        if config.noise_scale < 0:
+            raise ValueError(
+                f"model.noise_scale must be ≥ 0 (1 samples as trained), not {config.noise_scale}"
+            )
         if config.prediction not in ("epsilon", "sample"):
             raise ValueError(
                 f"model.prediction must be 'epsilon' or 'sample', not {config.prediction!r}"
@@ -291,6 +307,7 @@ class DiffusionPolicy(Policy):
         generator = self.generator if generator is None else generator
         shape = (b, self.config.action_horizon, self.spec.action_dim)
         x = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+        x = x * self.config.noise_scale
         steps = self.schedule.timesteps(self.config.inference_steps)
         for t, t_prev in zip(steps, [*steps[1:], -1], strict=True):
             out = self.unet(x, torch.full((b,), t, device=cond.device), cond)
@@ -303,5 +320,6 @@ class DiffusionPolicy(Policy):
                 eta=self.config.eta,
                 clip=self.config.clip_sample,
                 generator=generator,
+                noise_scale=self.config.noise_scale,
             )
         return x
