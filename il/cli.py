@@ -238,8 +238,7 @@ def eval_(
         raise UserError("give either --checkpoint RUN_OR_CHECKPOINT or --policy expert")
     if acting and checkpoint is None:
         raise UserError(f"{acting[0]}: model.key=value changes a checkpoint; give --checkpoint")
-    if tasks is not None and not _parse_tasks(tasks):
-        raise UserError("--tasks names no task; give some, e.g. --tasks reach-v3,push-v3")
+    _parse_tasks(tasks)  # an empty --tasks fails here, before any checkpoint is read
     common = dict(
         episodes_per_task=episodes_per_task,
         seed=seed,
@@ -885,8 +884,12 @@ def _progress(verb: str) -> Progress:
 
 
 def _parse_tasks(tasks: str | None) -> tuple[str, ...]:
-    """--tasks a,b → ("a", "b"); None → () (every task)."""
-    return tuple(t.strip() for t in (tasks or "").split(",") if t.strip())
+    """--tasks a,b → ("a", "b"); None → () (every task). A --tasks that names nothing (",")
+    is an error rather than every task, which is what leaving it out means."""
+    names = tuple(t.strip() for t in (tasks or "").split(",") if t.strip())
+    if tasks is not None and not names:
+        raise UserError("--tasks names no task; give some, e.g. --tasks reach-v3,push-v3")
+    return names
 
 
 def _parse_obs(obs: str) -> tuple[str, ...]:

@@ -166,6 +166,7 @@ def test_cli_record_and_info(tmp_path):
         (["info", "/nonexistent/x.zarr"], "no store at"),
         (["record", "--env", "metaworld/MT11", "--out", "x.zarr"], "did you mean"),
         (["record", "--obs", "state,image/cornr", "--out", "x.zarr"], "did you mean"),
+        (["record", "--tasks", " , ", "--out", "x.zarr"], "--tasks names no task"),
     ],
 )
 def test_cli_errors_are_one_line(args, message):
