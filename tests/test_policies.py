@@ -275,19 +275,25 @@ def test_eval_during_training_logs_success(store_path, tmp_path):
     assert not list((out / "checkpoints").glob("eval_*"))  # temporary exports are removed
 
 
-def _chunking_bc(action_horizon: int = 8, n_action_steps: int = 4):
-    """A BC policy with random weights predicting chunks (obs: a 5-d state, 2-d actions)."""
+def _small_data():
+    """Spec and normalizer for a policy built with random weights rather than trained: a 5-d
+    state, 2-d actions in [-1, 1], no tasks."""
     from il.data.normalize import KeyStats, Normalizer
     from il.policies.base import DataSpec
-    from il.policies.bc import BCConfig, BCPolicy
 
     torch.manual_seed(0)
     spec = DataSpec(obs_shapes={"obs/state": [5]}, action_dim=2, tasks=[])
     stats = {k: KeyStats(-np.ones(d), np.ones(d), np.zeros(d), np.ones(d), 1) for k, d in
              (("obs/state", 5), ("action", 2))}  # fmt: skip
-    normalizer = Normalizer(stats, {"obs/state": "mean_std", "action": "min_max"})
+    return spec, Normalizer(stats, {"obs/state": "mean_std", "action": "min_max"})
+
+
+def _chunking_bc(action_horizon: int = 8, n_action_steps: int = 4):
+    """A BC policy with random weights predicting chunks (obs: a 5-d state, 2-d actions)."""
+    from il.policies.bc import BCConfig, BCPolicy
+
     config = BCConfig(action_horizon=action_horizon, n_action_steps=n_action_steps, hidden=[16])
-    return BCPolicy(config, spec, normalizer).eval()
+    return BCPolicy(config, *_small_data()).eval()
 
 
 def test_act_ahead_runs_each_action_at_the_step_it_was_predicted_for():
@@ -394,17 +400,10 @@ def test_acting_overrides_change_how_a_checkpoint_acts_not_its_weights(tmp_path)
 
 
 def test_diffusion_noise_scale_sets_the_sampling_temperature(tmp_path):
-    from il.data.normalize import KeyStats, Normalizer
-    from il.policies.base import DataSpec
     from il.policies.diffusion import DiffusionConfig, DiffusionPolicy
 
-    torch.manual_seed(0)
-    spec = DataSpec(obs_shapes={"obs/state": [5]}, action_dim=2, tasks=[])
-    stats = {k: KeyStats(-np.ones(d), np.ones(d), np.zeros(d), np.ones(d), 1) for k, d in
-             (("obs/state", 5), ("action", 2))}  # fmt: skip
-    normalizer = Normalizer(stats, {"obs/state": "mean_std", "action": "min_max"})
     config = DiffusionConfig(action_horizon=4, n_action_steps=2, down_dims=[8, 16], groups=4)
-    DiffusionPolicy(config, spec, normalizer).eval().save(tmp_path / "ckpt")
+    DiffusionPolicy(config, *_small_data()).eval().save(tmp_path / "ckpt")
     obs = {"obs/state": torch.randn(1, 2, 5)}
     task = torch.zeros(1, dtype=torch.long)
 
