@@ -112,6 +112,7 @@ def test_diffusion_resume_matches_an_uninterrupted_run(store_path, tmp_path):
         (["model.image_encoder=vit"], "unknown image encoder 'vit'"),
         (["model.task_encoding=words"], "unknown task encoding 'words'"),
         (["model.prediction=v"], "model.prediction must be 'epsilon' or 'sample'"),
+        (["model.noise_scale=-0.5"], "model.noise_scale must be ≥ 0"),
     ],
 )
 def test_bad_model_config_is_a_config_error(store_path, tmp_path, overrides, message):
