@@ -238,7 +238,7 @@ def eval_(
         raise UserError("give either --checkpoint RUN_OR_CHECKPOINT or --policy expert")
     if acting and checkpoint is None:
         raise UserError(f"{acting[0]}: model.key=value changes a checkpoint; give --checkpoint")
-    _parse_tasks(tasks)  # an empty --tasks fails here, before any checkpoint is read
+    names = _parse_tasks(tasks)  # an empty --tasks fails here, before any checkpoint is read
     common = dict(
         episodes_per_task=episodes_per_task,
         seed=seed,
@@ -254,7 +254,7 @@ def eval_(
                 learned = read_description(folder)
                 trained_env = learned["spec"]["env"]
                 if tasks is not None:
-                    n_tasks = len(set(_parse_tasks(tasks)))
+                    n_tasks = len(set(names))
                 elif env is not None:
                     n_tasks = len(_suite_and_obs(env, split, None)[0].tasks)
                 else:
@@ -270,7 +270,7 @@ def eval_(
                     folder,
                     suite=env,
                     split=split,
-                    tasks=_parse_tasks(tasks),
+                    tasks=names,
                     workers=workers,
                     act_ahead=act_ahead,
                     acting=acting,
