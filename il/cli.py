@@ -230,7 +230,7 @@ def eval_(
     ACTING: model.key=value changes to how a trained policy acts, not to its weights, e.g.
     model.n_action_steps=4, model.inference_steps=16 or model.noise_scale=0.5 (the error lists
     what a method allows)."""
-    from il.evaluate import evaluate, evaluate_checkpoint
+    from il.evaluate import checkpoint_suite, evaluate, evaluate_checkpoint
     from il.policies.base import CheckpointError, read_description, resolve_checkpoint
     from il.policies.expert import expert_for_task
 
@@ -252,15 +252,13 @@ def eval_(
             try:
                 folder = resolve_checkpoint(checkpoint)
                 learned = read_description(folder)
-                trained_env = learned["spec"]["env"]
-                if tasks is not None:
-                    n_tasks = len(set(names))
-                elif env is not None:
-                    n_tasks = len(_suite_and_obs(env, split, None)[0].tasks)
-                else:
-                    n_tasks = len(trained_env.get("tasks") or [None])
+                spec = learned["spec"]
+                chosen = checkpoint_suite(
+                    spec["env"], spec.get("tasks") or [], suite=env, split=split, tasks=names
+                )
+                n_tasks = len(chosen.tasks)
                 workers = workers or min(_cpu_count(), n_tasks * episodes_per_task)
-                where = env or trained_env.get("suite", "its suite")
+                where = env or spec["env"].get("suite", "its suite")
                 bar.update(
                     job,
                     description=f"{learned['policy']} on {where}",

@@ -16,7 +16,7 @@ import math
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -361,6 +361,37 @@ class _TaskBound:
         return self.policy.act(observation)
 
 
+def checkpoint_suite(
+    env: Mapping[str, Any],
+    trained_tasks: Sequence[str],
+    *,
+    suite: str | None = None,
+    split: str = "train",
+    tasks: Sequence[str] = (),
+) -> Suite:
+    """The tasks a checkpoint is evaluated on, from its spec alone (`env`, `trained_tasks`), so
+    a caller can size its work before any weights are read: the suite it was trained in (or
+    `suite`), narrowed to the tasks it learned and then to `tasks`, each name resolved the
+    way the suite resolves it."""
+    name = suite or env.get("suite")
+    if name is None:
+        raise ValueError("the checkpoint does not name its suite; pass one with --env")
+    chosen = envs.suite(name, split=split if suite else env.get("split", split))
+    trained = env.get("tasks") or trained_tasks
+    if suite is None and trained:  # the tasks it was trained on, of the suite it came from
+        chosen = chosen.subset(t for t in chosen.task_names if t in trained)
+    if tasks:
+        chosen = chosen.subset(tasks)
+    if trained_tasks:
+        unknown = [t for t in chosen.task_names if t not in trained_tasks]
+        if unknown:
+            raise ValueError(
+                f"the policy was not trained on {', '.join(unknown[:3])}; evaluate it on a suite "
+                f"of its tasks ({', '.join(trained_tasks[:3])}, ...)"
+            )
+    return chosen
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     *,
@@ -382,22 +413,7 @@ def evaluate_checkpoint(
     policy = load_policy(folder, acting=acting)  # bad values fail here, before any worker starts
     policy.set_act_ahead(act_ahead)
     env = policy.spec.env
-    name = suite or env.get("suite")
-    if name is None:
-        raise ValueError(f"{folder} does not name its suite; pass one with --env")
-    chosen = envs.suite(name, split=split if suite else env.get("split", split))
-    trained = env.get("tasks") or policy.spec.tasks
-    if suite is None and trained:  # the tasks it was trained on, of the suite it came from
-        chosen = chosen.subset(t for t in chosen.task_names if t in trained)
-    if tasks:
-        chosen = chosen.subset(tasks)
-    if policy.spec.tasks:
-        unknown = [t for t in chosen.task_names if t not in policy.spec.tasks]
-        if unknown:
-            raise ValueError(
-                f"the policy was not trained on {', '.join(unknown[:3])}; evaluate it on a suite "
-                f"of its tasks ({', '.join(policy.spec.tasks[:3])}, ...)"
-            )
+    chosen = checkpoint_suite(env, policy.spec.tasks, suite=suite, split=split, tasks=tasks)
     kwargs.setdefault("obs", tuple(policy.spec.env_key(k) for k in policy.spec.obs_shapes))
     kwargs.setdefault("image_size", int(env.get("image_size", 84)))
     kwargs.setdefault("max_episode_steps", int(env.get("max_episode_steps", 500)))

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import envs
 from il.data.store import DemoStore
-from il.evaluate import _episode_blocks, evaluate_checkpoint
+from il.evaluate import _episode_blocks, checkpoint_suite, evaluate_checkpoint
 from il.policies.base import CheckpointError
 from il.policies.registry import load_policy
 from il.train import ConfigError, amp_dtype, load_config, train
@@ -100,6 +100,20 @@ def test_eval_checkpoint_in_its_own_env(store_path, tmp_path):
     report = evaluate_checkpoint(tmp_path / "run", episodes_per_task=1, max_episode_steps=30)
     assert [t.task for t in report.tasks] == ["reach-v3", "push-v3"]
     assert all(len(t.episodes) == 1 for t in report.tasks)
+
+
+def test_checkpoint_suite_resolves_tasks_as_the_suite_does():
+    # `il eval` sizes its progress bar with this before any weights load, so a task named twice
+    # (short and full form) counts once, as the evaluation itself will count it.
+    trained = {"suite": "metaworld/MT10", "split": "train", "tasks": ["reach-v3", "push-v3"]}
+    chosen = checkpoint_suite(trained, ["reach-v3", "push-v3"], tasks=["reach", "reach-v3"])
+    assert chosen.task_names == ("reach-v3",)
+    assert len(checkpoint_suite(trained, ["reach-v3", "push-v3"]).tasks) == 2
+    assert len(checkpoint_suite({"suite": "metaworld/MT10"}, [], suite="metaworld/MT10")) == 10
+    with pytest.raises(ValueError, match="not trained on pick-place-v3"):
+        checkpoint_suite(trained, ["reach-v3", "push-v3"], suite="metaworld/MT10")
+    with pytest.raises(ValueError, match="does not name its suite"):
+        checkpoint_suite({}, [])
 
 
 def test_eval_result_does_not_depend_on_the_number_of_workers(store_path, tmp_path):
