@@ -256,13 +256,10 @@ def eval_(
                 chosen = checkpoint_suite(
                     spec["env"], spec.get("tasks") or [], suite=env, split=split, tasks=names
                 )
-                n_tasks = len(chosen.tasks)
-                workers = workers or min(_cpu_count(), n_tasks * episodes_per_task)
-                where = env or spec["env"].get("suite", "its suite")
+                n_episodes = len(chosen.tasks) * episodes_per_task
+                workers = workers or min(_cpu_count(), n_episodes)
                 bar.update(
-                    job,
-                    description=f"{learned['policy']} on {where}",
-                    total=n_tasks * episodes_per_task,
+                    job, description=f"{learned['policy']} on {chosen.name}", total=n_episodes
                 )
                 report = evaluate_checkpoint(
                     folder,
