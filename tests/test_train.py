@@ -180,7 +180,7 @@ def test_bad_config_is_one_line(store_path, tmp_path, overrides, message):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["bc", "bc_image", "bc_mt50", "diffusion"])
+@pytest.mark.parametrize("name", ["bc", "bc_image", "bc_mt50", "diffusion", "diffusion_mt50"])
 def test_presets_load(name):
     # a preset with a stale key or a mistyped value would fail only when someone trains with it
     config = load_config(name.split("_")[0], ROOT / "configs" / f"{name}.yaml")
