@@ -908,10 +908,9 @@ def _parse_obs(obs: str) -> tuple[str, ...]:
 )
 @click.option(
     "--policy",
-    default="bc",
-    show_default=True,
+    default=None,
     help="The method: bc, diffusion, pc-maze, bc-maze, aug-bc-maze, aux-bc-maze, "
-    "pc-metaworld, aux-bc-metaworld.",
+    "pc-metaworld, aux-bc-metaworld [default: the --config file's policy:, else bc].",
 )
 @click.option(
     "--data",
@@ -935,7 +934,7 @@ def _parse_obs(obs: str) -> tuple[str, ...]:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.argument("overrides", nargs=-1)
 def train_(
-    policy: str,
+    policy: str | None,
     data: str | None,
     out: str | None,
     config_file: Path | None,
@@ -949,7 +948,7 @@ def train_(
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} is not key=value (e.g. train.steps=5000)")
-    default_yaml = Path("configs") / f"{policy}.yaml"
+    default_yaml = Path("configs") / f"{policy or 'bc'}.yaml"
     if config_file is None and default_yaml.exists():
         config_file = default_yaml
     extra = [*overrides]
@@ -958,14 +957,18 @@ def train_(
     if out is not None:
         extra.append(f"out={out}")
     try:
-        config = load_config(policy, config_file, extra)
-        if resume:
+        # --resume takes the run's own config (and policy), with this command's overrides on top
+        saved = Path(out or f"runs/{policy or 'bc'}") / "config.yaml"
+        if resume and saved.exists():
+            config = load_config(policy, saved, extra)
+        else:
+            config = load_config(policy, config_file, extra)
             saved = Path(config.out) / "config.yaml"
-            if saved.exists():  # the run's own config, with this command's overrides on top
+            if resume and saved.exists():
                 config = load_config(policy, saved, extra)
         total = config.train.steps
         with _progress("train") as bar:
-            job = bar.add_task(f"{policy} → {config.out}", total=total, status="")
+            job = bar.add_task(f"{config.policy} → {config.out}", total=total, status="")
 
             def on_step(step: int, metrics: dict[str, float]) -> None:
                 status = f"loss {metrics['mse']:.4f}" if "mse" in metrics else ""

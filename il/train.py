@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
@@ -130,23 +131,52 @@ def policy_class(name: str) -> type[Policy]:
 
 
 def load_config(
-    policy: str, yaml_path: str | Path | None = None, overrides: Sequence[str] = ()
+    policy: str | None, yaml_path: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> RunConfig:
     """Defaults of `policy`, then the YAML file, then `key=value` overrides; typo-proof: an
-    unknown key or a value of the wrong type is a `ConfigError` naming it."""
+    unknown key or a value of the wrong type is a `ConfigError` naming it.
+
+    `policy=None` takes the YAML's own `policy:` (else `bc`), so a preset is enough to say what
+    it trains. A YAML may start from another with `base: <file>` (relative to itself) and list
+    only what it changes, so a variant preset cannot drift from the one it extends."""
+    loaded = _load_yaml_chain(Path(yaml_path)) if yaml_path is not None else None
+    named = loaded.get("policy") if loaded is not None else None
+    if policy is None:
+        policy = str(named) if named is not None else "bc"
+    elif named is not None and named != policy:
+        raise ConfigError(f"{yaml_path} is a config for policy {named!r}, not {policy!r}")
     base = _schema(policy)
     try:
-        if yaml_path is not None:
-            loaded = OmegaConf.load(yaml_path)
-            if loaded.get("policy", policy) != policy:
-                raise ConfigError(
-                    f"{yaml_path} is a config for policy {loaded.policy!r}, not {policy!r}"
-                )
+        if loaded is not None:
             base = OmegaConf.merge(base, loaded)
         base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
         raise ConfigError(_config_message(e, base)) from None
     return _to_run_config(base, policy)
+
+
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """The YAML at `path` merged onto its `base:` chain, the root first."""
+    resolved = path.resolve()
+    if resolved in seen:
+        chain = " -> ".join(str(p) for p in (*seen, resolved))
+        raise ConfigError(f"configs extend each other in a loop ({chain}); remove one base:")
+    if not path.is_file():
+        raise ConfigError(f"config {path} does not exist; check its path (base: is relative)")
+    try:
+        loaded = OmegaConf.load(path)
+    except (OmegaConfBaseException, yaml.YAMLError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{path} is not valid YAML: {first}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path} is not a mapping of config keys")
+    parent = loaded.pop("base", None)
+    if parent is None:
+        return loaded
+    root = _load_yaml_chain(path.parent / str(parent), (*seen, resolved))
+    merged = OmegaConf.merge(root, loaded)
+    assert isinstance(merged, DictConfig)
+    return merged
 
 
 def _schema(policy: str) -> DictConfig:

@@ -11,7 +11,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, config_for
+from conftest import ROOT, TINY_MODELS, config_for
 from safetensors.torch import load_file
 
 import envs
@@ -183,8 +183,69 @@ def test_bad_config_is_one_line(store_path, tmp_path, overrides, message):
 @pytest.mark.parametrize("name", ["bc", "bc_image", "bc_mt50", "diffusion", "diffusion_mt50"])
 def test_presets_load(name):
     # a preset with a stale key or a mistyped value would fail only when someone trains with it
-    config = load_config(name.split("_")[0], ROOT / "configs" / f"{name}.yaml")
-    assert config.train.steps > 0
+    config = load_config(None, ROOT / "configs" / f"{name}.yaml")
+    assert config.policy == name.split("_")[0] and config.train.steps > 0
+
+
+def test_mt50_presets_change_only_what_they_say():
+    # each MT50 preset extends its MT10 preset (base:), so a change there reaches both
+    for name, changed in [
+        ("bc", {"train.steps": 60000, "model.head": "mse", "model.obs_noise": 0.0}),
+        ("diffusion", {"model.action_horizon": 8, "model.n_action_steps": 4}),
+    ]:
+        mt10 = load_config(None, ROOT / "configs" / f"{name}.yaml")
+        mt50 = load_config(None, ROOT / "configs" / f"{name}_mt50.yaml")
+        for key, value in changed.items():
+            section, field = key.split(".")
+            assert getattr(getattr(mt50, section), field) == value, key
+            setattr(getattr(mt10, section), field, value)
+        assert asdict(mt50) == asdict(mt10)
+
+
+def test_yaml_base_chain(tmp_path):
+    (tmp_path / "root.yaml").write_text(
+        "policy: diffusion\ntrain: {steps: 100, lr: 0.01}\nmodel: {action_horizon: 16}\n"
+    )
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text(
+        "base: ../root.yaml\ntrain: {steps: 200}\nmodel: {action_horizon: 8}\n"
+    )
+    child = tmp_path / "sub" / "child.yaml"
+    config = load_config(None, child, ["train.lr=0.5"])
+    assert config.policy == "diffusion"  # named by the base, not repeated
+    assert (config.train.steps, config.train.lr, config.model.action_horizon) == (200, 0.5, 8)
+    with pytest.raises(ConfigError, match="config for policy 'diffusion', not 'bc'"):
+        load_config("bc", child)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="extend each other in a loop"):
+        load_config(None, tmp_path / "a.yaml")
+    (tmp_path / "lost.yaml").write_text("base: gone.yaml\n")
+    with pytest.raises(ConfigError, match=r"gone\.yaml does not exist"):
+        load_config(None, tmp_path / "lost.yaml")
+    (tmp_path / "bad.yaml").write_text("train: {steps: [1,\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(None, tmp_path / "bad.yaml")
+
+
+def test_cli_takes_the_policy_from_the_config(store_path, tmp_path):
+    # `il train --config preset.yaml` trains the preset's policy, and --resume keeps it
+    preset = tmp_path / "tiny_diffusion.yaml"
+    preset.write_text(f"base: {ROOT / 'configs' / 'diffusion.yaml'}\n")
+    out = tmp_path / "run"
+    tiny = [*TINY_MODELS["diffusion"], "train.batch_size=16", "train.save_every=2"]
+    proc = run_il("train", "--config", str(preset), "--data", store_path, "--out", str(out),
+                  "train.steps=2", *tiny)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "checkpoints" / "last" / "policy.json").read_text())["policy"] == (
+        "diffusion"
+    )
+    proc = run_il("train", "--resume", "--out", str(out), "train.steps=4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "checkpoints" / "step_0000004").is_dir()
+    assert load_policy(out).config.action_horizon == 4  # the run's config, not the preset's
+    proc = run_il("train", "--policy", "bc", "--config", str(preset), "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "config for policy 'diffusion', not 'bc'" in proc.stderr
 
 
 def test_amp_off_survives_yaml(store_path, tmp_path):
