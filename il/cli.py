@@ -1014,12 +1014,13 @@ def _pretrain_config(
 
     from omegaconf import OmegaConf
 
-    from il.policies.id_pretraining import load_options
+    from il.config import load_yaml
+    from il.policies.id_pretraining import PretrainError, load_options
 
     path = config_file or Path("configs") / "id_pretrain.yaml"
     if not path.exists():
         return load_options(cls, None, overrides)
-    loaded = OmegaConf.load(path)
+    loaded = load_yaml(path, PretrainError)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         f.write(OmegaConf.to_yaml(loaded.get(section) or {}))
         f.flush()

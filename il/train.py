@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from il.config import load_yaml
 from il.data.normalize import Normalizer
 from il.data.sampler import WindowSampler, select_episodes, split_episodes, window_spec
 from il.data.store import DemoStore, StoreError
@@ -139,7 +139,7 @@ def load_config(
     `policy=None` takes the YAML's own `policy:` (else `bc`), so a preset is enough to say what
     it trains. A YAML may start from another with `base: <file>` (relative to itself) and list
     only what it changes, so a variant preset cannot drift from the one it extends."""
-    loaded = _load_yaml_chain(Path(yaml_path)) if yaml_path is not None else None
+    loaded = load_yaml(yaml_path, ConfigError) if yaml_path is not None else None
     named = loaded.get("policy") if loaded is not None else None
     if policy is None:
         policy = str(named) if named is not None else "bc"
@@ -153,30 +153,6 @@ def load_config(
     except OmegaConfBaseException as e:
         raise ConfigError(_config_message(e, base)) from None
     return _to_run_config(base, policy)
-
-
-def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
-    """The YAML at `path` merged onto its `base:` chain, the root first."""
-    resolved = path.resolve()
-    if resolved in seen:
-        chain = " -> ".join(str(p) for p in (*seen, resolved))
-        raise ConfigError(f"configs extend each other in a loop ({chain}); remove one base:")
-    if not path.is_file():
-        raise ConfigError(f"config {path} does not exist; check its path (base: is relative)")
-    try:
-        loaded = OmegaConf.load(path)
-    except (OmegaConfBaseException, yaml.YAMLError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"{path} is not valid YAML: {first}") from None
-    if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"{path} is not a mapping of config keys")
-    parent = loaded.pop("base", None)
-    if parent is None:
-        return loaded
-    root = _load_yaml_chain(path.parent / str(parent), (*seen, resolved))
-    merged = OmegaConf.merge(root, loaded)
-    assert isinstance(merged, DictConfig)
-    return merged
 
 
 def _schema(policy: str) -> DictConfig:

@@ -102,6 +102,19 @@ def test_config_errors_are_one_line() -> None:
         load_options(PretrainConfig, None, ["frame_gap=0"])
 
 
+def test_config_files_extend_and_fail_in_one_line(tmp_path) -> None:
+    # the flat-config verbs read YAML as il train does: base: chains, one-line errors
+    (tmp_path / "root.yaml").write_text("steps: 77\nframe_gap: 2\n")
+    (tmp_path / "child.yaml").write_text("base: root.yaml\nframe_gap: 3\n")
+    config = load_options(PretrainConfig, tmp_path / "child.yaml", [])
+    assert (config.steps, config.frame_gap) == (77, 3)
+    (tmp_path / "bad.yaml").write_text("steps: [1,\n")
+    with pytest.raises(PretrainError, match="is not valid YAML"):
+        load_options(PretrainConfig, tmp_path / "bad.yaml", [])
+    with pytest.raises(PretrainError, match="does not exist"):
+        load_options(PretrainConfig, tmp_path / "none.yaml", [])
+
+
 def test_the_experiment_refuses_a_leaking_split() -> None:
     module = load("id-door")
     with pytest.raises(ExperimentError, match="door-lock-v3 is one of pretrain_tasks"):
