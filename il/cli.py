@@ -1010,8 +1010,6 @@ def _pretrain_config(
     cls: type, section: str, config_file: Path | None, overrides: list[str]
 ) -> Any:
     """The `section` of configs/id_pretrain.yaml (or --config) with overrides on top."""
-    import tempfile
-
     from omegaconf import OmegaConf
 
     from il.config import load_yaml
@@ -1020,11 +1018,9 @@ def _pretrain_config(
     path = config_file or Path("configs") / "id_pretrain.yaml"
     if not path.exists():
         return load_options(cls, None, overrides)
-    loaded = load_yaml(path, PretrainError)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-        f.write(OmegaConf.to_yaml(loaded.get(section) or {}))
-        f.flush()
-        return load_options(cls, f.name, overrides)
+    return load_options(
+        cls, load_yaml(path, PretrainError).get(section) or OmegaConf.create(), overrides
+    )
 
 
 @app.command("pretrain")

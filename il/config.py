@@ -48,7 +48,7 @@ def load_yaml(
 
 def load_structured(
     cls: type,
-    yaml_path: str | Path | None = None,
+    yaml_path: str | Path | DictConfig | None = None,
     overrides: Sequence[str] = (),
     error: type[Exception] = ValueError,
     example: str = "steps=1000",
@@ -62,7 +62,8 @@ def load_structured(
     try:
         merged = schema
         if yaml_path is not None:
-            merged = OmegaConf.merge(merged, load_yaml(yaml_path, error))
+            loaded = yaml_path if isinstance(yaml_path, DictConfig) else load_yaml(yaml_path, error)
+            merged = OmegaConf.merge(merged, loaded)
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or ""

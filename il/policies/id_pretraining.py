@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -179,7 +180,9 @@ class FewShotConfig:
     device: str = "cpu"
 
 
-def load_options(cls: type, yaml_path: str | Path | None, overrides: Sequence[str]) -> Any:
+def load_options(
+    cls: type, yaml_path: str | Path | DictConfig | None, overrides: Sequence[str]
+) -> Any:
     """`cls` defaults, then the YAML, then `key=value` overrides; an unknown key or a bad value
     is a one-line `PretrainError` naming it."""
     return load_structured(cls, yaml_path, overrides, PretrainError, example="steps=5000")
