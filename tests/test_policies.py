@@ -49,14 +49,26 @@ def test_unet_keeps_the_chunk_shape(horizon):
     assert out.shape == x.shape
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "sample"])
-def test_diffusion_trains_saves_loads_and_acts(store_path, tmp_path, prediction):
+@pytest.mark.parametrize(
+    ("prediction", "cond_hidden"), [("epsilon", []), ("sample", []), ("sample", [32, 16])]
+)
+def test_diffusion_trains_saves_loads_and_acts(store_path, tmp_path, prediction, cond_hidden):
     out = tmp_path / "run"
-    overrides = ("train.steps=150", "train.lr=3e-3", f"model.prediction={prediction}")
+    overrides = (
+        "train.steps=150",
+        "train.lr=3e-3",
+        f"model.prediction={prediction}",
+        f"model.cond_hidden=[{','.join(map(str, cond_hidden))}]",
+    )
     last = train(config_for(store_path, out, *overrides, policy="diffusion"))
     policy = load_policy(out)
     assert policy.name == "diffusion" and policy.config.n_action_steps == 2
-    assert policy.config.prediction == prediction
+    assert policy.config.prediction == prediction and policy.config.cond_hidden == cond_hidden
+    # With a trunk, the U-Net's FiLM layers read its last layer; without, the raw features.
+    trunk = [k for k in load_file(str(last / "model.safetensors")) if k.startswith("condition.")]
+    assert len(trunk) == 2 * len(cond_hidden)  # weight and bias per linear layer
+    film_in = policy.unet.mid[0].film[1].in_features - policy.config.step_embedding
+    assert film_in == (cond_hidden[-1] if cond_hidden else policy.encoder.out_dim)
     loss = [
         float(line.split(",")[-1])
         for line in (out / "metrics.csv").read_text().splitlines()
@@ -113,6 +125,7 @@ def test_diffusion_resume_matches_an_uninterrupted_run(store_path, tmp_path):
         (["model.task_encoding=words"], "unknown task encoding 'words'"),
         (["model.prediction=v"], "model.prediction must be 'epsilon' or 'sample'"),
         (["model.noise_scale=-0.5"], "model.noise_scale must be ≥ 0"),
+        (["model.cond_hidden=[64,0]"], "model.cond_hidden lists layer widths"),
     ],
 )
 def test_bad_model_config_is_a_config_error(store_path, tmp_path, overrides, message):

@@ -28,7 +28,7 @@ from torch import nn
 
 from il.data.normalize import Normalizer
 from il.policies.base import DataSpec, Policy
-from il.policies.blocks import ObservationConfig, ObservationEncoder
+from il.policies.blocks import MLP, ObservationConfig, ObservationEncoder
 
 __all__ = ["ConditionalUnet1D", "DiffusionConfig", "DiffusionPolicy", "NoiseSchedule"]
 
@@ -77,6 +77,12 @@ class DiffusionConfig(ObservationConfig):
     choice), or `sample`, the clean chunk itself. Both sample through the same DDIM steps; a
     clean-chunk target gives the network the action scale directly, which matters when the
     training budget is too short for the noise target to converge."""
+    cond_hidden: list[int] = field(default_factory=list)
+    """Widths of an MLP that turns the observation features into the U-Net's condition. Empty
+    (the paper's choice) hands the raw features to every block's FiLM layer, so the observation
+    reaches the actions only through one linear map per block; an MLP trunk like BC's lets the
+    policy compute relations such as hand-to-object offsets once, before denoising. It runs
+    once per chunk, not once per denoising step, so it costs little when acting."""
 
 
 # --- noise schedule ------------------------------------------------------------------------------
@@ -274,9 +280,17 @@ class DiffusionPolicy(Policy):
         self.encoder = ObservationEncoder.from_config(
             config, spec.obs_shapes, spec.tasks, spec.instructions
         )
+        if any(width < 1 for width in config.cond_hidden):
+            raise ValueError(
+                f"model.cond_hidden lists layer widths, each at least 1, not {config.cond_hidden}"
+            )
+        hidden = config.cond_hidden
+        self.condition = (
+            MLP(self.encoder.out_dim, hidden[:-1], hidden[-1]) if hidden else nn.Identity()
+        )
         self.unet = ConditionalUnet1D(
             spec.action_dim,
-            self.encoder.out_dim,
+            hidden[-1] if hidden else self.encoder.out_dim,
             config.down_dims,
             config.kernel_size,
             config.groups,
@@ -285,7 +299,7 @@ class DiffusionPolicy(Policy):
         self.schedule = NoiseSchedule(config.train_steps)
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        cond = self.encoder(self.training_observations(batch), batch["task"])
+        cond = self.condition(self.encoder(self.training_observations(batch), batch["task"]))
         actions = self.normalize("action", batch["action"].float())
         noise = torch.randn_like(actions)
         t = torch.randint(0, self.schedule.steps, (actions.shape[0],), device=actions.device)
@@ -302,7 +316,7 @@ class DiffusionPolicy(Policy):
         task: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        cond = self.encoder(obs, task)
+        cond = self.condition(self.encoder(obs, task))
         b = cond.shape[0]
         generator = self.generator if generator is None else generator
         shape = (b, self.config.action_horizon, self.spec.action_dim)
