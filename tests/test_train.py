@@ -191,7 +191,10 @@ def test_mt50_presets_change_only_what_they_say():
     # each MT50 preset extends its MT10 preset (base:), so a change there reaches both
     for name, changed in [
         ("bc", {"train.steps": 60000, "model.head": "mse", "model.obs_noise": 0.0}),
-        ("diffusion", {"model.action_horizon": 8, "model.n_action_steps": 4}),
+        (
+            "diffusion",
+            {"model.action_horizon": 8, "model.n_action_steps": 4, "model.cond_hidden": [512] * 3},
+        ),
     ]:
         mt10 = load_config(None, ROOT / "configs" / f"{name}.yaml")
         mt50 = load_config(None, ROOT / "configs" / f"{name}_mt50.yaml")
