@@ -7,10 +7,12 @@ obstacle → straight into it); denoising from random noise commits to one of th
 predicting a chunk keeps consecutive actions consistent.
 
 The denoiser is the paper's 1-D temporal U-Net: residual conv blocks over the time axis, FiLM
-conditioning on the observation features and the diffusion step at every block. Training is
-DDPM's (predict the added noise at a random step of a squared-cosine schedule); acting samples
-with DDIM in a few steps (10 by default), which is what makes the policy fast enough for a 30 Hz
-loop on a CPU. `n_action_steps` of each chunk are executed before sampling again.
+conditioning on the observation features and the diffusion step at every block. An optional MLP
+trunk (`cond_hidden`) turns the features into that condition first: on MT50 it is what lifts the
+grasps and insertions to the experts' level. Training is DDPM's (predict the added noise, or
+the clean chunk, at a random step of a squared-cosine schedule); acting samples with DDIM in a
+few steps (10 by default), which is what makes the policy fast enough for a 30 Hz loop on a CPU.
+`n_action_steps` of each chunk are executed before sampling again.
 """
 
 from __future__ import annotations
