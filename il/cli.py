@@ -929,7 +929,8 @@ def _parse_obs(obs: str) -> tuple[str, ...]:
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="A YAML config [default: configs/<policy>.yaml when it exists].",
+    help="A YAML config [default: configs/<policy>.yaml when it exists, else the method's "
+    "own preset].",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.argument("overrides", nargs=-1)
@@ -948,9 +949,8 @@ def train_(
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} is not key=value (e.g. train.steps=5000)")
-    default_yaml = Path("configs") / f"{policy or 'bc'}.yaml"
-    if config_file is None and default_yaml.exists():
-        config_file = default_yaml
+    if config_file is None:
+        config_file = _default_config(policy or "bc")
     extra = [*overrides]
     if data is not None:
         extra.append(f"data.path={data}")
@@ -984,6 +984,19 @@ def train_(
     console.print(f"evaluate it: il eval --checkpoint {config.out}")
 
 
+def _default_config(policy: str) -> Path | None:
+    """configs/<policy>.yaml where the user has one, else the preset the method ships."""
+    from il.policies.registry import UnknownMethod, preset
+
+    user = Path("configs") / f"{policy}.yaml"
+    if user.exists():
+        return user
+    try:
+        return preset(policy)
+    except UnknownMethod:
+        return None  # load_config names the known methods in its one-line error
+
+
 def _pretrain_options(fn: Callable) -> Callable:
     """--data, --out, --config and key=value overrides, as `il train` takes them."""
     for option in reversed(
@@ -997,7 +1010,8 @@ def _pretrain_options(fn: Callable) -> Callable:
                 "config_file",
                 type=click.Path(exists=True, dir_okay=False, path_type=Path),
                 default=None,
-                help="A YAML config [default: configs/id_pretrain.yaml when it exists].",
+                help="A YAML config [default: configs/id_pretrain.yaml when it exists, else the "
+                "method's own preset].",
             ),
             click.argument("overrides", nargs=-1),
         ]
@@ -1009,13 +1023,17 @@ def _pretrain_options(fn: Callable) -> Callable:
 def _pretrain_config(
     cls: type, section: str, config_file: Path | None, overrides: list[str]
 ) -> Any:
-    """The `section` of configs/id_pretrain.yaml (or --config) with overrides on top."""
+    """The `section` of the method's preset (configs/id_pretrain.yaml where the user has one,
+    or --config) with overrides on top."""
     from omegaconf import OmegaConf
 
+    import il.methods.id_pretraining as method
     from il.config import load_yaml
-    from il.policies.id_pretraining import PretrainError, load_options
+    from il.methods.id_pretraining.pretraining import PretrainError, load_options
 
-    path = config_file or Path("configs") / "id_pretrain.yaml"
+    user = Path("configs") / "id_pretrain.yaml"
+    preset = Path(str(method.__file__)).parent / "id_pretrain.yaml"
+    path = config_file or (user if user.exists() else preset)
     if not path.exists():
         return load_options(cls, None, overrides)
     return load_options(
@@ -1041,7 +1059,7 @@ def pretrain_(
     """Pretrain an image encoder on a multitask DemoStore (inverse dynamics and the objectives
     it is compared with); fine-tune it with `il fewshot`. OVERRIDES are key=value, e.g.
     steps=5000 frame_gap=2 held_out=[door-lock-v3] encoder.channels=[16,32,32,32]."""
-    from il.policies.id_pretraining import PretrainConfig, PretrainError, pretrain
+    from il.methods.id_pretraining.pretraining import PretrainConfig, PretrainError, pretrain
 
     extra = [*overrides]
     extra += [f"objective={objective}"] if objective else []
@@ -1087,7 +1105,7 @@ def fewshot_(
     """Fit a BC head on a few demos of a new task over a frozen pretrained encoder; the result
     is a policy checkpoint for `il eval` and `il deploy`. OVERRIDES are key=value, e.g.
     steps=10000 seed=1."""
-    from il.policies.id_pretraining import FewShotConfig, PretrainError, fewshot
+    from il.methods.id_pretraining.pretraining import FewShotConfig, PretrainError, fewshot
 
     extra = [*overrides]
     extra += [f"encoder={encoder}"] if encoder else []

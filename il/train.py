@@ -37,9 +37,8 @@ from il.config import load_yaml
 from il.data.normalize import Normalizer
 from il.data.sampler import WindowSampler, select_episodes, split_episodes, window_spec
 from il.data.store import DemoStore, StoreError
-from il.policies import text
+from il.policies import registry, text
 from il.policies.base import DataSpec, Policy
-from il.policies.registry import METHODS
 
 __all__ = ["ConfigError", "RunConfig", "TrainConfig", "load_config", "train"]
 
@@ -125,9 +124,11 @@ class RunConfig:
 
 # --- configuration -------------------------------------------------------------------------------
 def policy_class(name: str) -> type[Policy]:
-    if name not in METHODS:
-        raise ConfigError(f"unknown policy {name!r}; choose one of: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    """The method's policy class; an unknown name is a `ConfigError` listing the known ones."""
+    try:
+        return registry.policy_class(name)
+    except registry.UnknownMethod as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_config(

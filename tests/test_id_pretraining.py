@@ -12,8 +12,7 @@ import torch
 
 import envs
 from il.experiments import ExperimentError, load, make_config
-from il.policies.blocks import ConvKeypointEncoder, random_crop
-from il.policies.id_pretraining import (
+from il.methods.id_pretraining.pretraining import (
     OBJECTIVES,
     FewShotConfig,
     Frames,
@@ -24,6 +23,7 @@ from il.policies.id_pretraining import (
     load_options,
     pretrain,
 )
+from il.policies.blocks import ConvKeypointEncoder, random_crop
 from il.policies.registry import load_policy
 from il.record import record_expert
 

@@ -20,9 +20,9 @@ from il.data.store import DemoStore
 from il.evaluate import evaluate_checkpoint
 from il.experiments import ExperimentError, load, make_config
 from il.experiments.report import ResultTable
+from il.methods.procedure_cloning.maze import PCMazeConfig, PCMazePolicy, sample_pairs
 from il.policies.base import DataSpec
 from il.policies.hierarchy import IntermediateOutput
-from il.policies.procedure_cloning import PCMazeConfig, PCMazePolicy, sample_pairs
 from il.policies.registry import load_policy
 from il.record_maze import record_maze_expert
 from il.train import ConfigError, load_config, train

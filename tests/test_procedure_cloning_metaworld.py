@@ -13,7 +13,7 @@ from conftest import TINY_MODELS, config_for
 import envs
 from envs.experts import ScriptedExpert
 from il.data.store import DemoStore
-from il.policies.procedure_cloning_metaworld import PROCEDURE_KEYS
+from il.methods.procedure_cloning.metaworld import PROCEDURE_KEYS
 from il.policies.registry import load_policy
 from il.train import ConfigError, load_config, prepare_data, train
 

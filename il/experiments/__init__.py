@@ -35,9 +35,9 @@ __all__ = [
 ]
 
 EXPERIMENTS: dict[str, str] = {
-    "pc-maze": "il.experiments.pc_maze",
-    "pc-metaworld": "il.experiments.pc_metaworld",
-    "id-door": "il.experiments.id_door",
+    "pc-maze": "il.methods.procedure_cloning.pc_maze",
+    "pc-metaworld": "il.methods.procedure_cloning.pc_metaworld",
+    "id-door": "il.methods.id_pretraining.id_door",
 }
 """Name → module. Each module's docstring is its description."""
 

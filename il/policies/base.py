@@ -86,6 +86,9 @@ class Policy(nn.Module):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
+    preset: ClassVar[str] = ""
+    """A YAML file beside the method's module that `il train --policy <name>` starts from when
+    `configs/<name>.yaml` does not exist (e.g. the maze methods' shared settings)."""
 
     def __init__(self, config: Any, spec: DataSpec, normalizer: Normalizer) -> None:
         super().__init__()

@@ -12,7 +12,7 @@ Two image encoders: a small conv net with a spatial-softmax head, quick on a CPU
 Diffusion Policy uses it, since batch statistics of a few correlated frames are a poor
 normaliser. Its modules carry torchvision's names, so torchvision's weights load into it where a
 user has them; it is written here because torchvision has no CPU-only build to depend on.
-A third, `conv4`, is the encoder of inverse-dynamics pretraining (`il.policies.id_pretraining`):
+A third, `conv4`, is the encoder of inverse-dynamics pretraining (`il.methods.id_pretraining`):
 bounded LayerNorm + tanh features and random-crop augmentation, for encoders that are pretrained
 once and then frozen under any policy's head.
 """

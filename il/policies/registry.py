@@ -1,13 +1,18 @@
 """Every method il knows, by the name that `--policy` and checkpoints use, and the rebuilding of
 a policy from its checkpoint.
 
-The table is written out rather than filled by decorators as modules happen to be imported: a
-method exists exactly when it is listed here, whatever was imported before, and the method
-modules need nothing from this one (they sit below it; `base` sits below them all).
+The table is written out, one row per method, rather than filled by decorators as modules
+happen to be imported: a method exists exactly when it is listed here, whatever was imported
+before. A row names the module and class, and the module is imported only when that method is
+asked for, so loading a BC checkpoint never imports procedure cloning (or the simulator a
+method's experiment needs). The baselines live in `il.policies`; each paper method is a package
+under `il.methods`. Method modules need nothing from this one (`base` sits below them all).
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,30 +30,55 @@ from il.policies.base import (
     read_description,
     resolve_checkpoint,
 )
-from il.policies.bc import BCPolicy
-from il.policies.diffusion import DiffusionPolicy
-from il.policies.id_pretraining import PretrainedBCPolicy
-from il.policies.maze_bc import AugMazeBCPolicy, AuxMazeBCPolicy, MazeBCPolicy
-from il.policies.procedure_cloning import PCMazePolicy
-from il.policies.procedure_cloning_metaworld import AuxBCMetaWorldPolicy, PCMetaWorldPolicy
 
-__all__ = ["METHODS", "load_policy"]
+__all__ = ["METHODS", "UnknownMethod", "load_policy", "method_names", "policy_class", "preset"]
 
-METHODS: dict[str, type[Policy]] = {
-    cls.name: cls
-    for cls in (
-        BCPolicy,
-        DiffusionPolicy,
-        PretrainedBCPolicy,
-        PCMazePolicy,
-        MazeBCPolicy,
-        AugMazeBCPolicy,
-        AuxMazeBCPolicy,
-        PCMetaWorldPolicy,
-        AuxBCMetaWorldPolicy,
-    )
+METHODS: dict[str, str] = {
+    "bc": "il.policies.bc:BCPolicy",
+    "diffusion": "il.policies.diffusion:DiffusionPolicy",
+    "pc-maze": "il.methods.procedure_cloning.maze:PCMazePolicy",
+    "bc-maze": "il.methods.procedure_cloning.maze_baselines:MazeBCPolicy",
+    "aug-bc-maze": "il.methods.procedure_cloning.maze_baselines:AugMazeBCPolicy",
+    "aux-bc-maze": "il.methods.procedure_cloning.maze_baselines:AuxMazeBCPolicy",
+    "pc-metaworld": "il.methods.procedure_cloning.metaworld:PCMetaWorldPolicy",
+    "aux-bc-metaworld": "il.methods.procedure_cloning.metaworld:AuxBCMetaWorldPolicy",
+    "pretrained-bc": "il.methods.id_pretraining.pretraining:PretrainedBCPolicy",
 }
-"""Method name → policy class."""
+"""Method name → `module:Class` of its policy, imported on first use."""
+
+
+class UnknownMethod(KeyError):
+    """A method name that is not a row of `METHODS`."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS)
+
+
+def policy_class(name: str) -> type[Policy]:
+    """The policy class of method `name`, importing its module (and only its module)."""
+    row = METHODS.get(name)
+    if row is None:
+        raise UnknownMethod(f"unknown policy {name!r}; choose one of: {', '.join(method_names())}")
+    module, _, cls = row.partition(":")
+    found = getattr(importlib.import_module(module), cls)
+    if found.name != name:  # the table and the class must agree, or checkpoints would drift
+        raise RuntimeError(f"METHODS[{name!r}] points at {row}, whose name is {found.name!r}")
+    return found
+
+
+def preset(name: str) -> Path | None:
+    """The YAML preset a method ships in its own package (`Policy.preset`, beside its module),
+    or None: `il train --policy NAME` starts from it when `configs/NAME.yaml` does not exist,
+    so a paper method brings its settings with it and `configs/` stays what a user edits."""
+    cls = policy_class(name)
+    if not cls.preset:
+        return None
+    module = sys.modules[cls.__module__]
+    return Path(str(module.__file__)).parent / cls.preset
 
 
 def load_policy(
@@ -61,12 +91,13 @@ def load_policy(
     training it again."""
     directory = resolve_checkpoint(path)
     description = read_description(directory)
-    cls = METHODS.get(description.get("policy", ""))
-    if cls is None:
+    try:
+        cls = policy_class(str(description.get("policy", "")))
+    except UnknownMethod:
         raise CheckpointError(
             f"{directory} holds policy {description.get('policy')!r}, which this il does not "
-            f"know; known: {', '.join(sorted(METHODS))}"
-        )
+            f"know; known: {', '.join(method_names())}"
+        ) from None
     values = {**description["config"], **acting_overrides(cls.Config, acting, cls.name)}
     config = build_config(cls.Config, values)
     spec = DataSpec(**description["spec"])

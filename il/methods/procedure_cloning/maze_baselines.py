@@ -32,14 +32,14 @@ from torch import nn
 
 from envs.maze import NOT_REACHED
 from il.data.normalize import Normalizer
-from il.policies.base import DataSpec, Policy
-from il.policies.procedure_cloning import (
+from il.methods.procedure_cloning.maze import (
     LAYERS_KEY,
     MAPS_KEY,
     grid_channels,
     grid_key,
     observed_grid,
 )
+from il.policies.base import DataSpec, Policy
 
 __all__ = [
     "AugMazeBCConfig",
@@ -141,6 +141,7 @@ class MazeBCPolicy(Policy):
 
     name = "bc-maze"
     Config = MazeBCConfig
+    preset = "maze.yaml"
 
     def __init__(self, config: MazeBCConfig, spec: DataSpec, normalizer: Normalizer) -> None:
         super().__init__(config, spec, normalizer)

@@ -173,7 +173,7 @@ def _record(config: Config, store: Path, tasks: list[str], episodes: int, seed: 
 
 
 def _pretrain(config: Config, out: Path, store: Path, objective: str) -> dict[str, Any]:
-    from il.policies.id_pretraining import PretrainConfig, pretrain
+    from il.methods.id_pretraining.pretraining import PretrainConfig, pretrain
 
     folder = out / "encoders" / objective
     description = folder / "encoder.json"
@@ -197,7 +197,7 @@ def _finetune_and_evaluate(
     config: Config, out: Path, store: Path, method: str, n: int, seed: int
 ) -> dict[str, Any]:
     from il.evaluate import evaluate_checkpoint
-    from il.policies.id_pretraining import FewShotConfig, fewshot
+    from il.methods.id_pretraining.pretraining import FewShotConfig, fewshot
 
     folder = out / "runs" / method / f"{n}-demos" / f"seed{seed}"
     if (done := finished(folder)) is not None:

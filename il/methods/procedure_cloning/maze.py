@@ -120,6 +120,7 @@ class PCMazePolicy(IntermediateOutput, Policy):
 
     name = "pc-maze"
     Config = PCMazeConfig
+    preset = "maze.yaml"
     intermediate_name = "procedure"
     """(L, size, size) uint8 maps, the last of which the action is read from; an override may
     also give one (size, size) map."""
