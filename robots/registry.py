@@ -7,8 +7,8 @@ and the setup's `options` as keywords:
 | --- | --- | --- |
 | `sim:metaworld/<task>` | `robots.sim.SimArm` | any env name `envs.make` accepts |
 | `ur:<host>` | `robots.ur.URArm` | the controller's IP address |
-| `dynamixel:<port>` | `robots.servo_arm.ServoArm` | serial port of a Dynamixel bus (Koch, ALOHA) |
-| `feetech:<port>` | `robots.servo_arm.ServoArm` | serial port of a Feetech bus (SO-100/101) |
+| `dynamixel:<port>` | `robots.servo.ServoArm` | serial port of a Dynamixel bus (Koch, ALOHA) |
+| `feetech:<port>` | `robots.servo.ServoArm` | serial port of a Feetech bus (SO-100/101) |
 
 Cameras: `realsense:<serial or recording (.db3, .bag)>`, `opencv:<index, device or video
 file>`; any other name is one of a simulated arm's scene cameras (`corner`, `topview`, ...).
@@ -32,8 +32,8 @@ __all__ = ["CAMERAS", "ROBOTS", "RobotConfig", "load_robot_config", "make_camera
 ROBOTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "sim": ("robots.sim", "SimArm", {}),
     "ur": ("robots.ur", "URArm", {}),
-    "dynamixel": ("robots.servo_arm", "ServoArm", {"bus": "dynamixel"}),
-    "feetech": ("robots.servo_arm", "ServoArm", {"bus": "feetech"}),
+    "dynamixel": ("robots.servo", "ServoArm", {"bus": "dynamixel"}),
+    "feetech": ("robots.servo", "ServoArm", {"bus": "feetech"}),
 }
 CAMERAS: dict[str, tuple[str, str]] = {
     "realsense": ("robots.realsense", "RealSenseCamera"),

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from robots.emulators.servo_bus import SYNC_READ, ServoBusEmulator
-from robots.servo_arm import ArmModel, Calibration, calibrate, get_model, open_bus
+from robots.servo import ArmModel, Calibration, calibrate, get_model, open_bus
 
 IL = [sys.executable, "-m", "il.cli"]
 TIMEOUT_MS = 300  # generous reply budget: the emulator shares the test's CPU

@@ -33,19 +33,15 @@ from hardware_helpers import (
 
 from il.data.store import DemoStore
 from robots.base import DriverError, teleop_action
-from robots.dynamixel import DRIVE_REVERSE
 from robots.emulators.servo_bus import WRITE, ServoBusEmulator
 from robots.loop import RateLoop
 from robots.safety import SafeRobot, SafetyConfig
-from robots.servo_arm import (
+from robots.servo import HALF_TURN, MODELS, Calibration, ServoArm, open_bus
+from robots.servo.dynamixel import DRIVE_REVERSE
+from robots.servo.models import (
     ALOHA_GRIPPER_CURRENT_LIMIT,
     DXL_CURRENT_POSITION,
     DXL_EXTENDED_POSITION,
-    HALF_TURN,
-    MODELS,
-    Calibration,
-    ServoArm,
-    open_bus,
 )
 from robots.teleop.leader import LeaderArmTeleop
 

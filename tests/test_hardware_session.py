@@ -26,7 +26,7 @@ from hardware_helpers import IL, TICKS_PER_DEG, ArmPair, arm_pair, il, one_line_
 from il.data.store import DemoStore
 from robots.emulators.realsense_recording import write_recording
 from robots.emulators.ur_controller import URControllerEmulator
-from robots.servo_arm import HALF_TURN
+from robots.servo import HALF_TURN
 
 
 def train_on(store: Path, out: Path, *obs: str) -> None:

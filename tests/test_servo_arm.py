@@ -44,7 +44,7 @@ from robots.emulators.servo_bus import (
 )
 from robots.loop import RateLoop
 from robots.safety import SafeRobot, SafetyConfig
-from robots.servo_arm import (
+from robots.servo import (
     HALF_TURN,
     MODELS,
     ArmModel,

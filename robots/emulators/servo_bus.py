@@ -801,7 +801,7 @@ def _main(argv: list[str] | None = None) -> int:
             motor_id, _, kind = item.partition(":")
             motors[int(motor_id)] = kind.strip()
     elif args.model:
-        from robots.servo_arm import get_model
+        from robots.servo import get_model
 
         model = get_model(args.model, args.protocol)
         motors = {m.id: m.model for m in (*model.motors, *model.shadows)}

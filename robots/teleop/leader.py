@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from robots.base import TWIST_DIM, DriverError, Teleop, TeleopState
-from robots.servo_arm import JointArm
+from robots.servo import JointArm
 
 __all__ = ["LeaderArmTeleop"]
 

@@ -6,7 +6,9 @@ that nothing here uses. Positions are 4096 ticks per turn; the motor applies the
 and the Drive Mode's direction itself, so calibration lives in the motors and the driver reads
 positions already in the arm's frame.
 
-The SDK is imported when the bus connects, never at import (`robots` imports on a machine
+The Dynamixel half of `robots.servo.bus.MotorBus`, which does everything the two vendors'
+buses share; `open_bus("dynamixel", port)` imports this module only when it is asked for, and
+the SDK is imported when the bus connects, never at import (`robots` imports on a machine
 without it).
 """
 
@@ -15,14 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from robots.servo_arm import (
-    HALF_TURN,
-    MotorBus,
-    MotorCalibration,
-    MotorSpec,
-    Register,
-    ShadowSpec,
-)
+from robots.servo.bus import MotorBus, Register
+from robots.servo.calibration import MotorCalibration
+from robots.servo.models import HALF_TURN, MotorSpec, ShadowSpec
 
 __all__ = ["BAUDRATES", "CONTROL_TABLE", "MOTOR_MODELS", "DynamixelBus"]
 

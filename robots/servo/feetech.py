@@ -14,7 +14,9 @@ Dynamixel bus and are handled here:
   calibrated range is also written as the motor's own angle limits, so the servo itself
   refuses to leave it.
 
-The SDK is imported when the bus connects, never at import.
+The Feetech half of `robots.servo.bus.MotorBus`, which does everything the two vendors' buses
+share; `open_bus("feetech", port)` imports this module only when it is asked for, and the SDK
+is imported when the bus connects, never at import.
 """
 
 from __future__ import annotations
@@ -22,14 +24,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from robots.servo_arm import (
-    HALF_TURN,
-    RESOLUTION,
-    MotorBus,
-    MotorCalibration,
-    MotorSpec,
-    Register,
-)
+from robots.servo.bus import MotorBus, Register
+from robots.servo.calibration import MotorCalibration
+from robots.servo.models import HALF_TURN, RESOLUTION, MotorSpec
 
 __all__ = ["BAUDRATES", "CONTROL_TABLE", "MOTOR_MODELS", "FeetechBus"]
 
