@@ -1198,7 +1198,7 @@ def calibrate_(robot: str | None, teleop: str | None, model: str | None, out: st
     the middle of its range, then move every joint end to end. Drivers load the file on
     connect and write its offsets to the motors."""
     from robots.base import DriverError
-    from robots.servo_arm import (
+    from robots.servo import (
         DEFAULT_LEADER,
         DEFAULT_MODEL,
         calibrate,
