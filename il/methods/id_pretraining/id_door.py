@@ -25,22 +25,29 @@ A re-run skips what is finished.
 
 from __future__ import annotations
 
+import functools
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import envs
-from il.experiments import begin, finished, machine, start_over_unless
 from il.experiments.report import ResultTable, write_json
+from il.experiments.runner import (
+    Experiment,
+    Progress,
+    Run,
+    machine,
+    run_experiment,
+    start_over_unless,
+)
 
 __all__ = ["Config", "run"]
 
-METHODS = ("id", "bc", "fd-implicit", "contrastive", "fd-explicit", "scratch", "state")
+REFERENCES = ("scratch", "state")
+"""The methods that need no pretrained encoder."""
+METHODS = ("id", "bc", "fd-implicit", "contrastive", "fd-explicit", *REFERENCES)
 """Pretraining objectives, then the two references (no pretraining)."""
 VARIATIONS = 50
 """Variations per Meta-World task: episode seed s plays variation s mod 50."""
@@ -113,39 +120,103 @@ class Config:
         envs.suite(f"metaworld/MT1/{self.finetune_task}")  # a bad name fails here, in one line
 
 
-_SELECTING = ("methods", "seeds", "demos")
-"""Fields that only choose which runs to do; the others change what a run measures."""
+class DoorExperiment(Experiment):
+    Config = Config
+    selecting = ("methods", "seeds", "demos")
+    condition = "demos"
+    trained = "policy.json"
+
+    def __init__(self, config: Config, out: str | Path) -> None:
+        super().__init__(config, out)
+        self.pretrain_store = self.out / "data" / "pretrain.zarr"
+        self.finetune_store = self.out / "data" / "finetune.zarr"
+        self.encoders: dict[str, dict[str, Any]] = {}
+        """Each pretrained encoder's metrics, by objective."""
+
+    def preparation(self) -> list[tuple[str, Callable[[], None]]]:
+        c = self.config
+        steps = [
+            (
+                "recording the pretraining corpus",
+                lambda: _record(
+                    c, self.pretrain_store, c.pretrain_tasks, c.pretrain_episodes_per_task, 0
+                ),
+            ),
+            (
+                f"recording {c.finetune_task} demos",
+                lambda: _record(
+                    c, self.finetune_store, [c.finetune_task], max(c.demos), c.demo_seed
+                ),
+            ),
+        ]
+        for objective in c.methods:
+            if objective not in REFERENCES:
+                steps.append(
+                    (f"pretraining {objective}", functools.partial(self._pretrain, objective))
+                )
+        return steps
+
+    def _pretrain(self, objective: str) -> None:
+        self.encoders[objective] = _pretrain(self.config, self.out, self.pretrain_store, objective)
+
+    def runs(self) -> list[Run]:
+        c = self.config
+        return [
+            Run(
+                m,
+                n,
+                s,
+                self.out / "runs" / m / f"{n}-demos" / f"seed{s}",
+                f"{m}, {n} demos, seed {s}",
+            )
+            for m in c.methods
+            for n in c.demos
+            for s in range(c.seeds)
+        ]
+
+    def train(self, run: Run) -> None:
+        from il.methods.id_pretraining.pretraining import FewShotConfig, fewshot
+
+        c = self.config
+        encoder = (
+            run.method if run.method in REFERENCES else str(self.out / "encoders" / run.method)
+        )
+        fc = FewShotConfig(
+            encoder=encoder,
+            data=str(self.finetune_store),
+            out=str(run.folder),
+            demos=run.condition,
+            camera=f"obs/image/{c.camera}",
+            steps=c.finetune_steps,
+            scratch_steps=c.scratch_steps,
+            batch_size=c.finetune_batch,
+            seed=run.seed,
+            threads=c.threads,
+        )
+        fc.scratch_encoder.channels = list(c.channels)
+        fewshot(fc)
+
+    def evaluate(self, run: Run) -> dict[str, Any]:
+        from il.evaluate import evaluate_checkpoint
+
+        c = self.config
+        report = evaluate_checkpoint(
+            run.folder, episodes_per_task=c.eval_episodes, seed=c.eval_seed, workers=c.workers
+        )
+        return {
+            "success": report.success_rate,
+            "episodes": sum(len(t.episodes) for t in report.tasks),
+        }
+
+    def write_results(self, results: list[dict[str, Any]], seconds: float) -> Path:
+        expert = _expert_rate(self.config)
+        return _write_results(self.config, self.out, results, self.encoders, expert, seconds)
 
 
-def run(
-    config: Config,
-    out: str | Path,
-    on_progress: Callable[[int, int, str], None] | None = None,
-) -> Path:
+def run(config: Config, out: str | Path, on_progress: Progress | None = None) -> Path:
     """Do every missing step of the experiment in `out`, then write the results; returns the
     path of `results.md`. `on_progress(done, total, label)` follows the steps."""
-    out = begin(config, out, _SELECTING)
-    start = time.perf_counter()
-    objectives = [m for m in config.methods if m not in ("scratch", "state")]
-    jobs = [(m, n, s) for m in config.methods for n in config.demos for s in range(config.seeds)]
-    total = 2 + len(objectives) + len(jobs)
-    report = on_progress or (lambda done, total, label: None)
-    pretrain_store, finetune_store = out / "data" / "pretrain.zarr", out / "data" / "finetune.zarr"
-    report(0, total, "recording the pretraining corpus")
-    _record(config, pretrain_store, config.pretrain_tasks, config.pretrain_episodes_per_task, 0)
-    report(1, total, f"recording {config.finetune_task} demos")
-    _record(config, finetune_store, [config.finetune_task], max(config.demos), config.demo_seed)
-    encoders: dict[str, dict[str, Any]] = {}
-    for i, objective in enumerate(objectives):
-        report(2 + i, total, f"pretraining {objective}")
-        encoders[objective] = _pretrain(config, out, pretrain_store, objective)
-    results = []
-    for i, (method, n, seed) in enumerate(jobs):
-        report(2 + len(objectives) + i, total, f"{method}, {n} demos, seed {seed}")
-        results.append(_finetune_and_evaluate(config, out, finetune_store, method, n, seed))
-    expert = _expert_rate(config)
-    report(total, total, "writing results")
-    return _write_results(config, out, results, encoders, expert, time.perf_counter() - start)
+    return run_experiment(DoorExperiment(config, out), on_progress)
 
 
 def _record(config: Config, store: Path, tasks: list[str], episodes: int, seed: int) -> None:
@@ -191,52 +262,6 @@ def _pretrain(config: Config, out: Path, store: Path, objective: str) -> dict[st
         pc.encoder.channels = list(config.channels)
         pretrain(pc)
     return json.loads(description.read_text())["metrics"]
-
-
-def _finetune_and_evaluate(
-    config: Config, out: Path, store: Path, method: str, n: int, seed: int
-) -> dict[str, Any]:
-    from il.evaluate import evaluate_checkpoint
-    from il.methods.id_pretraining.pretraining import FewShotConfig, fewshot
-
-    folder = out / "runs" / method / f"{n}-demos" / f"seed{seed}"
-    if (done := finished(folder)) is not None:
-        return done
-    t0 = time.perf_counter()
-    if not start_over_unless(folder, "policy.json"):
-        fc = FewShotConfig(
-            encoder=method if method in ("scratch", "state") else str(out / "encoders" / method),
-            data=str(store),
-            out=str(folder),
-            demos=n,
-            camera=f"obs/image/{config.camera}",
-            steps=config.finetune_steps,
-            scratch_steps=config.scratch_steps,
-            batch_size=config.finetune_batch,
-            seed=seed,
-            threads=config.threads,
-        )
-        fc.scratch_encoder.channels = list(config.channels)
-        fewshot(fc)
-    t1 = time.perf_counter()
-    report = evaluate_checkpoint(
-        folder,
-        episodes_per_task=config.eval_episodes,
-        seed=config.eval_seed,
-        workers=config.workers,
-    )
-    torch.set_num_threads(config.threads)  # evaluation pins one thread per worker
-    result = {
-        "method": method,
-        "demos": n,
-        "seed": seed,
-        "success": report.success_rate,
-        "episodes": sum(len(t.episodes) for t in report.tasks),
-        "train_seconds": t1 - t0,
-        "eval_seconds": time.perf_counter() - t1,
-    }
-    write_json(folder / "result.json", result)
-    return result
 
 
 def _expert_rate(config: Config) -> float:

@@ -26,17 +26,14 @@ Everything lands in the output folder: the store, a run folder per (method, n, s
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import envs
-from il.experiments import begin, finished, machine, start_over_unless
 from il.experiments.report import ResultTable, write_json
+from il.experiments.runner import Experiment, Progress, Run, machine, run_experiment, train_policy
 
 __all__ = ["Config", "run"]
 
@@ -87,108 +84,93 @@ class Config:
         envs.suite(f"maze/{self.layout}/1")  # a bad layout fails here, in one line
 
 
-_SELECTING = ("train_mazes", "methods", "seeds")
-"""Fields that only choose which runs to do; the others change what a run measures."""
+class MazeExperiment(Experiment):
+    Config = Config
+    selecting = ("train_mazes", "methods", "seeds")
+    condition = "train_mazes"
 
+    @property
+    def store(self) -> Path:
+        return self.out / "data" / f"{self.config.layout}-{max(self.config.train_mazes)}mazes.zarr"
 
-def run(
-    config: Config,
-    out: str | Path,
-    on_progress: Callable[[int, int, str], None] | None = None,
-) -> Path:
-    """Do every missing run of the experiment in `out`, then write the results; returns the
-    path of `results.md`. `on_progress(done, total, label)` follows the runs."""
-    out = begin(config, out, _SELECTING)
-    start = time.perf_counter()
-    n_max = max(config.train_mazes)
-    store = out / "data" / f"{config.layout}-{n_max}mazes.zarr"
-    jobs = [
-        (m, n, s) for m in config.methods for n in config.train_mazes for s in range(config.seeds)
-    ]
-    total = len(jobs) + 1
-    report = on_progress or (lambda done, total, label: None)
-    report(0, total, f"recording {n_max} mazes")
-    _record(config, store, n_max)
-    results = []
-    for i, (method, n, seed) in enumerate(jobs):
-        report(i + 1, total, f"{method}, {n} mazes, seed {seed}")
-        results.append(_train_and_evaluate(config, out, store, method, n, seed))
-    expert = _expert_rate(config)
-    report(total, total, "writing results")
-    for r in results:
-        if r["method"] == "pc-maze":
-            folder = out / "runs" / "pc-maze" / f"{r['train_mazes']}-mazes" / f"seed{r['seed']}"
-            r["search"] = _search_fidelity(config, folder)
-    return _write_results(config, out, results, expert, time.perf_counter() - start)
+    def preparation(self) -> list[tuple[str, Callable[[], None]]]:
+        n_max = max(self.config.train_mazes)
+        return [(f"recording {n_max} mazes", lambda: self._record(n_max))]
 
+    def _record(self, n_mazes: int) -> None:
+        from il.record_maze import record_maze_expert
 
-def _record(config: Config, store: Path, n_mazes: int) -> None:
-    from il.record_maze import record_maze_expert
+        suite = envs.suite(f"maze/{self.config.layout}/{n_mazes}")
+        record_maze_expert(
+            suite,
+            str(self.store),
+            episodes_per_task=self.config.demos_per_maze,
+            max_episode_steps=envs.maze.MAX_EPISODE_STEPS,
+        )
 
-    suite = envs.suite(f"maze/{config.layout}/{n_mazes}")
-    record_maze_expert(
-        suite,
-        str(store),
-        episodes_per_task=config.demos_per_maze,
-        max_episode_steps=envs.maze.MAX_EPISODE_STEPS,
-    )
+    def runs(self) -> list[Run]:
+        c = self.config
+        return [
+            Run(
+                m,
+                n,
+                s,
+                self.out / "runs" / m / f"{n}-mazes" / f"seed{s}",
+                f"{m}, {n} mazes, seed {s}",
+            )
+            for m in c.methods
+            for n in c.train_mazes
+            for s in range(c.seeds)
+        ]
 
-
-def _train_and_evaluate(
-    config: Config, out: Path, store: Path, method: str, n: int, seed: int
-) -> dict[str, Any]:
-    from il.evaluate import evaluate_checkpoint
-    from il.train import load_config, train
-
-    folder = out / "runs" / method / f"{n}-mazes" / f"seed{seed}"
-    if (done := finished(folder)) is not None:
-        return done
-    t0 = time.perf_counter()
-    if not start_over_unless(folder, "checkpoints/last/policy.json"):
-        every = max(1, config.steps // 20)
-        run_config = load_config(
-            method,
-            None,
-            [
-                f"data.path={store}",
-                f"out={folder}",
+    def train(self, run: Run) -> None:
+        c = self.config
+        train_policy(
+            run.method,
+            self.store,
+            run.folder,
+            steps=c.steps,
+            seed=run.seed,
+            threads=c.threads,
+            overrides=[
                 "data.obs=[obs/grid]",
                 "data.normalize={action: identity}",
-                f"train.steps={config.steps}",
-                f"train.batch_size={config.batch_size}",
-                f"train.lr={config.lr}",
+                f"train.batch_size={c.batch_size}",
+                f"train.lr={c.lr}",
                 "train.weight_decay=0",
-                f"train.warmup_steps={every}",
                 "train.ema_decay=0",
-                "train.val_fraction=0",
-                f"train.seed={seed}",
-                f"train.threads={config.threads}",
-                f"train.log_every={every}",
-                f"train.save_every={config.steps}",
-                f"model.width={config.width}",
+                f"model.width={c.width}",
             ],
+            tasks=[t.name for t in envs.suite(f"maze/{c.layout}/{run.condition}").tasks],
         )
-        run_config.data.tasks = [t.name for t in envs.suite(f"maze/{config.layout}/{n}").tasks]
-        train(run_config)
-    t1 = time.perf_counter()
-    common = {"episodes_per_task": config.eval_episodes, "seed": config.eval_seed, "workers": 1}
-    test = evaluate_checkpoint(
-        folder, suite=f"maze/{config.layout}/{config.test_mazes}", split="test", **common
-    )
-    seen = evaluate_checkpoint(folder, **common)  # the mazes it was trained on
-    torch.set_num_threads(config.threads)  # evaluation pins one thread per worker
-    result = {
-        "method": method,
-        "train_mazes": n,
-        "seed": seed,
-        "test_success": test.success_rate,
-        "train_success": seen.success_rate,
-        "test_episodes": sum(len(t.episodes) for t in test.tasks),
-        "train_seconds": t1 - t0,
-        "eval_seconds": time.perf_counter() - t1,
-    }
-    write_json(folder / "result.json", result)
-    return result
+
+    def evaluate(self, run: Run) -> dict[str, Any]:
+        from il.evaluate import evaluate_checkpoint
+
+        c = self.config
+        common = {"episodes_per_task": c.eval_episodes, "seed": c.eval_seed, "workers": 1}
+        test = evaluate_checkpoint(
+            run.folder, suite=f"maze/{c.layout}/{c.test_mazes}", split="test", **common
+        )
+        seen = evaluate_checkpoint(run.folder, **common)  # the mazes it was trained on
+        return {
+            "test_success": test.success_rate,
+            "train_success": seen.success_rate,
+            "test_episodes": sum(len(t.episodes) for t in test.tasks),
+        }
+
+    def write_results(self, results: list[dict[str, Any]], seconds: float) -> Path:
+        for r in results:
+            if r["method"] == "pc-maze":
+                folder = self.out / "runs" / "pc-maze" / f"{r['train_mazes']}-mazes"
+                r["search"] = _search_fidelity(self.config, folder / f"seed{r['seed']}")
+        return _write_results(self.config, self.out, results, _expert_rate(self.config), seconds)
+
+
+def run(config: Config, out: str | Path, on_progress: Progress | None = None) -> Path:
+    """Do every missing run of the experiment in `out`, then write the results; returns the
+    path of `results.md`. `on_progress(done, total, label)` follows the runs."""
+    return run_experiment(MazeExperiment(config, out), on_progress)
 
 
 def _expert_rate(config: Config) -> float:

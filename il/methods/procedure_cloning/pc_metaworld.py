@@ -25,19 +25,17 @@ Everything lands in the output folder: the store, a run folder per (method, n, s
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import envs
 from envs.metaworld import Suite
-from il.experiments import begin, finished, machine, start_over_unless
 from il.experiments.report import ResultTable, write_json
+from il.experiments.runner import Experiment, Progress, Run, machine, run_experiment, train_policy
 
 __all__ = ["Config", "run"]
 
@@ -101,39 +99,107 @@ class Config:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
 
 
-_SELECTING = ("train_variations", "methods", "seeds")
-"""Fields that only choose which runs to do; the others change what a run measures."""
+class MetaWorldExperiment(Experiment):
+    Config = Config
+    selecting = ("train_variations", "methods", "seeds")
+    condition = "train_variations"
+
+    @property
+    def store(self) -> Path:
+        return self.out / "data" / f"{max(self.config.train_variations)}-variations.zarr"
+
+    def preparation(self) -> list[tuple[str, Callable[[], None]]]:
+        n_max = max(self.config.train_variations)
+        return [(f"recording {n_max} variations per task", lambda: self._record(n_max))]
+
+    def _record(self, n: int) -> None:
+        from il.data.store import DemoStore
+        from il.record import record_expert
+
+        if (self.store / "zarr.json").exists():
+            have = DemoStore.open(str(self.store)).num_episodes
+            if have >= n * len(self.config.tasks):
+                return
+        record_expert(
+            _suite(self.config),
+            str(self.store),
+            episodes_per_task=n,
+            max_episode_steps=self.config.max_episode_steps,
+            only_success=True,
+            seed=0,
+        )
+
+    def runs(self) -> list[Run]:
+        c = self.config
+        return [
+            Run(
+                m,
+                n,
+                s,
+                self.out / "runs" / m / f"{n}-variations" / f"seed{s}",
+                f"{m}, {n} variations, seed {s}",
+            )
+            for n in c.train_variations
+            for s in range(c.seeds)
+            for m in c.methods
+        ]
+
+    def train(self, run: Run) -> None:
+        c = self.config
+        if run.method == "bc":
+            hidden = [*c.hidden, *c.head_hidden]
+            model = [f"model.hidden=[{','.join(map(str, hidden))}]", "model.head=mse"]
+        else:
+            model = [
+                f"model.hidden=[{','.join(map(str, c.hidden))}]",
+                f"model.head_hidden=[{','.join(map(str, c.head_hidden))}]",
+            ]
+        train_policy(
+            run.method,
+            self.store,
+            run.folder,
+            steps=c.steps,
+            seed=run.seed,
+            threads=c.threads,
+            overrides=[
+                "data.obs=[obs/state]",
+                f"train.batch_size={c.batch_size}",
+                f"train.lr={c.lr}",
+                "model.obs_horizon=1",
+                f"model.obs_noise={c.obs_noise}",
+                *model,
+            ],
+            episodes=_training_episodes(self.store, run.condition),
+        )
+
+    def evaluate(self, run: Run) -> dict[str, Any]:
+        from il.evaluate import evaluate_checkpoint
+
+        c = self.config
+        report = evaluate_checkpoint(
+            run.folder,
+            episodes_per_task=c.eval_episodes,
+            seed=c.eval_seed,
+            max_episode_steps=c.max_episode_steps,
+            workers=1,
+        )
+        return {
+            "success": report.success_rate,
+            "per_task": {t.task: t.success_rate for t in report.tasks},
+        }
+
+    def references(self) -> list[tuple[str, Callable[[], None]]]:
+        return [("expert on the evaluation episodes", lambda: _expert_rates(self.config, self.out))]
+
+    def write_results(self, results: list[dict[str, Any]], seconds: float) -> Path:
+        expert = _expert_rates(self.config, self.out)  # measured by the reference step
+        return _write_results(self.config, self.out, results, expert, seconds)
 
 
-def run(
-    config: Config,
-    out: str | Path,
-    on_progress: Callable[[int, int, str], None] | None = None,
-) -> Path:
+def run(config: Config, out: str | Path, on_progress: Progress | None = None) -> Path:
     """Do every missing run of the experiment in `out`, then write the results; returns the
     path of `results.md`. `on_progress(done, total, label)` follows the runs."""
-    out = begin(config, out, _SELECTING)
-    start = time.perf_counter()
-    n_max = max(config.train_variations)
-    store = out / "data" / f"{n_max}-variations.zarr"
-    jobs = [
-        (m, n, s)
-        for n in config.train_variations
-        for s in range(config.seeds)
-        for m in config.methods
-    ]
-    total = len(jobs) + 2
-    report = on_progress or (lambda done, total, label: None)
-    report(0, total, f"recording {n_max} variations per task")
-    _record(config, store, n_max)
-    results = []
-    for i, (method, n, seed) in enumerate(jobs):
-        report(i + 1, total, f"{method}, {n} variations, seed {seed}")
-        results.append(_train_and_evaluate(config, out, store, method, n, seed))
-    report(total - 1, total, "expert on the evaluation episodes")
-    expert = _expert_rates(config, out)
-    report(total, total, "writing results")
-    return _write_results(config, out, results, expert, time.perf_counter() - start)
+    return run_experiment(MetaWorldExperiment(config, out), on_progress)
 
 
 def _suite(config: Config) -> Suite:
@@ -142,95 +208,12 @@ def _suite(config: Config) -> Suite:
     return type(mt50)(mt50.name, mt50.split, tasks)
 
 
-def _record(config: Config, store: Path, n: int) -> None:
-    from il.data.store import DemoStore
-    from il.record import record_expert
-
-    if (store / "zarr.json").exists():
-        have = DemoStore.open(str(store)).num_episodes
-        if have >= n * len(config.tasks):
-            return
-    record_expert(
-        _suite(config),
-        str(store),
-        episodes_per_task=n,
-        max_episode_steps=config.max_episode_steps,
-        only_success=True,
-        seed=0,
-    )
-
-
 def _training_episodes(store: Path, n: int) -> list[int]:
     """Episodes of the first n variations (seeds 0 .. n-1) of every task."""
     from il.data.store import DemoStore
 
     seeds = np.asarray(DemoStore.open(str(store)).episode_meta()["seed"])
     return [int(i) for i in np.flatnonzero(seeds < n)]
-
-
-def _train_and_evaluate(
-    config: Config, out: Path, store: Path, method: str, n: int, seed: int
-) -> dict[str, Any]:
-    from il.evaluate import evaluate_checkpoint
-    from il.train import load_config, train
-
-    folder = out / "runs" / method / f"{n}-variations" / f"seed{seed}"
-    if (done := finished(folder)) is not None:
-        return done
-    t0 = time.perf_counter()
-    if not start_over_unless(folder, "checkpoints/last/policy.json"):
-        every = max(1, config.steps // 20)
-        if method == "bc":
-            hidden = [*config.hidden, *config.head_hidden]
-            model = [f"model.hidden=[{','.join(map(str, hidden))}]", "model.head=mse"]
-        else:
-            model = [
-                f"model.hidden=[{','.join(map(str, config.hidden))}]",
-                f"model.head_hidden=[{','.join(map(str, config.head_hidden))}]",
-            ]
-        run_config = load_config(
-            method,
-            None,
-            [
-                f"data.path={store}",
-                f"out={folder}",
-                "data.obs=[obs/state]",
-                f"train.steps={config.steps}",
-                f"train.batch_size={config.batch_size}",
-                f"train.lr={config.lr}",
-                f"train.warmup_steps={every}",
-                "train.val_fraction=0",
-                f"train.seed={seed}",
-                f"train.threads={config.threads}",
-                f"train.log_every={every}",
-                f"train.save_every={config.steps}",
-                "model.obs_horizon=1",
-                f"model.obs_noise={config.obs_noise}",
-                *model,
-            ],
-        )
-        run_config.data.episodes = _training_episodes(store, n)
-        train(run_config)
-    t1 = time.perf_counter()
-    report = evaluate_checkpoint(
-        folder,
-        episodes_per_task=config.eval_episodes,
-        seed=config.eval_seed,
-        max_episode_steps=config.max_episode_steps,
-        workers=1,
-    )
-    torch.set_num_threads(config.threads)  # evaluation pins one thread per worker
-    result = {
-        "method": method,
-        "train_variations": n,
-        "seed": seed,
-        "success": report.success_rate,
-        "per_task": {t.task: t.success_rate for t in report.tasks},
-        "train_seconds": t1 - t0,
-        "eval_seconds": time.perf_counter() - t1,
-    }
-    write_json(folder / "result.json", result)
-    return result
 
 
 def _expert_rates(config: Config, out: Path) -> dict[str, float]:
