@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from robots.action import ActionSpec
+
 __all__ = [
     "ActionSpec",
     "Camera",
@@ -71,51 +73,6 @@ def vendor_library(module: str, extra: str, device: str) -> Any:
 
 class StaleFrameError(DriverError):
     """The newest frame is older than the caller allows (the camera stalled or disconnected)."""
-
-
-@dataclass(frozen=True)
-class ActionSpec:
-    """What `Robot.command` accepts, so a policy trained on one convention is never sent to an
-    arm that expects another.
-
-    `kind` is one of "ee_delta" (end-effector displacement per step plus gripper), "ee_absolute",
-    "joint_delta", "joint_absolute"; `units` names the units of each dimension; `low`/`high` are
-    the bounds the robot accepts (commands are clipped to them by the safety filter).
-    """
-
-    kind: str
-    names: tuple[str, ...]
-    units: tuple[str, ...]
-    low: np.ndarray
-    high: np.ndarray
-    frame: str = "base"
-
-    def __post_init__(self) -> None:
-        n = len(self.names)
-        low = np.asarray(self.low, dtype=np.float64).reshape(-1)
-        high = np.asarray(self.high, dtype=np.float64).reshape(-1)
-        if len(self.units) != n or low.shape != (n,) or high.shape != (n,):
-            raise ValueError(
-                f"action spec: {n} names but {len(self.units)} units, bounds {low.shape}"
-            )
-        if np.any(low > high):
-            raise ValueError("action spec: a lower bound exceeds its upper bound")
-        object.__setattr__(self, "low", low)
-        object.__setattr__(self, "high", high)
-
-    @property
-    def dim(self) -> int:
-        return len(self.names)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "type": self.kind,
-            "names": list(self.names),
-            "units": list(self.units),
-            "low": self.low.tolist(),
-            "high": self.high.tolist(),
-            "frame": self.frame,
-        }
 
 
 class Robot(abc.ABC):
