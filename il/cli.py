@@ -792,7 +792,8 @@ def info(path: str, as_json: bool) -> None:
     for k, v in report["tasks"].items():
         tasks.add_row(k, str(v), f"{100 * report['task_success_rate'][k]:.0f}%")
     console.print(tasks)
-    console.print(f"action: {report['action']}")
+    spec = store.schema.action_spec
+    console.print(f"action: {spec.describe() if spec else 'no convention stated'}")
 
 
 def _shorten(text: str, width: int) -> str:

@@ -38,6 +38,8 @@ import numpy as np
 import zarr
 import zarr.storage
 
+from robots.action import ActionSpec
+
 __all__ = [
     "FORMAT",
     "SCHEMA_VERSION",
@@ -97,9 +99,21 @@ class StoreSchema:
     keys: dict[str, KeySpec]
     fps: float
     action: dict[str, Any] = field(default_factory=dict)
-    """Action convention: e.g. {"type": "delta", "frame": "world", "units": "cm/step", ...}."""
+    """The action convention, in the JSON form of `robots.action.ActionSpec`
+    (`spec.to_json()`): what each number of `action` means."""
     source: dict[str, Any] = field(default_factory=dict)
     """Identity of the env or robot that produced the data."""
+
+    def __post_init__(self) -> None:
+        self.action_spec  # noqa: B018 - a convention that cannot be read fails at creation
+
+    @property
+    def action_spec(self) -> ActionSpec | None:
+        """The action convention, typed; None for a store that states none."""
+        try:
+            return ActionSpec.from_json(self.action)
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"the store's action convention cannot be read: {e}") from None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -254,7 +268,7 @@ class DemoStore:
             raise StoreError(f"no store at {path}; record one with `il record --out {path}`")
         try:
             group = zarr.open_group(path, mode="r" if mode == "r" else "r+", zarr_format=3)
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as e:
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
             raise StoreError(
                 f"{path} is not a DemoStore (no zarr 3 group there); give the path of a store "
                 "that `il record` made"

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from il.data.normalize import Normalizer
+from robots.action import ActionSpec
 
 __all__ = [
     "CheckpointError",
@@ -60,11 +61,17 @@ class DataSpec:
     tasks: list[str] = field(default_factory=list)
     """Task names in the order of the task one-hot; empty for a single-task policy."""
     action: dict[str, Any] = field(default_factory=dict)
-    """The action convention copied from the store."""
+    """The action convention copied from the store (the JSON form of `ActionSpec`): checked
+    against an env's or a robot's wherever the policy meets one."""
     env: dict[str, Any] = field(default_factory=dict)
     """Env identity from the store (suite, image size, episode length, ...)."""
     instructions: list[str] = field(default_factory=list)
     """The instruction of each task of `tasks` (for text task conditioning)."""
+
+    @property
+    def action_spec(self) -> ActionSpec | None:
+        """The action convention, typed; None for a checkpoint whose store stated none."""
+        return ActionSpec.from_json(self.action)
 
     @property
     def image_keys(self) -> list[str]:
