@@ -104,9 +104,6 @@ class StoreSchema:
     source: dict[str, Any] = field(default_factory=dict)
     """Identity of the env or robot that produced the data."""
 
-    def __post_init__(self) -> None:
-        self.action_spec  # noqa: B018 - a convention that cannot be read fails at creation
-
     @property
     def action_spec(self) -> ActionSpec | None:
         """The action convention, typed; None for a store that states none."""
