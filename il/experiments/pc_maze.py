@@ -123,10 +123,10 @@ def run(
 
 
 def _record(config: Config, store: Path, n_mazes: int) -> None:
-    from il.record_maze import record_maze_expert
+    from il.record import record_expert
 
     suite = envs.suite(f"maze/{config.layout}/{n_mazes}")
-    record_maze_expert(
+    record_expert(
         suite,
         str(store),
         episodes_per_task=config.demos_per_maze,
