@@ -35,7 +35,7 @@ def raw_steps(suite: envs.Suite, episodes_per_task: int, max_steps: int) -> tupl
     """Plain single-process stepping of every episode of the suite with the experts: steps and
     seconds."""
     options = {"max_episode_steps": max_steps, "terminate_on_success": True}
-    made = [(envs.make(f"metaworld/{t.name}", **options), ExpertPolicy(t.name)) for t in suite]
+    made = [(envs.make(f"metaworld/{t.name}", **options), ExpertPolicy(t)) for t in suite]
     steps = 0
     start = time.perf_counter()
     for env, expert in made:

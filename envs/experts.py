@@ -18,6 +18,9 @@ call becomes a phase instead, recorded by a rewritten `get_action`.
 
 Several policies modify the arrays of their parsed observation in place, and `_parse_obs`
 returns views into the observation, so every evaluation here works on its own copy of the state.
+
+`FamilyExpert` is the same expert as the Meta-World env family offers it to the recorder and to
+evaluation (`envs.family.Expert`): the action as executed, the procedure as store keys.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from envs.metaworld import check_task
 __all__ = [
     "PROCEDURE_ARRAYS",
     "PROCEDURE_VECTOR_LAYOUT",
+    "FamilyExpert",
     "Procedure",
     "ScriptedExpert",
     "expert_for",
@@ -540,6 +544,22 @@ class ScriptedExpert:
             grab_effort=float(action[-1]),
         )
         return action, procedure
+
+
+class FamilyExpert:
+    """A task's scripted expert as the Meta-World family offers it (`envs.family.Expert`): the
+    action as the env executes it and the procedure as per-step store keys."""
+
+    def __init__(self, task: str) -> None:
+        self.scripted = ScriptedExpert(task)
+
+    def act(self, observation: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+        command, procedure = self.scripted.act(observation)
+        # The action as executed: the experts' gains overshoot the action space (commands up to
+        # ±12), which the env clips; storing the command would make min-max normalization
+        # squeeze every executable action into a tenth of the network's range.
+        action = np.clip(command, -1.0, 1.0).astype(np.float32)
+        return action, {f"procedure/{k}": v for k, v in procedure.as_arrays().items()}
 
 
 def expert_for(task: str) -> ScriptedExpert:

@@ -18,27 +18,43 @@ Three parts, each usable alone:
 Mazes are named `tunnel16-train-0003`: layout and size, split, index. The train and test splits
 draw their mazes from disjoint random streams, so a policy trained on train mazes is tested on
 mazes it has never seen. A suite is the first n mazes of a split: `maze/tunnel16/20`.
+
+The module ends with the maze's `FAMILY` (`envs.family.EnvFamily`): names, defaults, the expert
+and what a recording stores (the grid, the move and the BFS maps), which is all `envs.make`, the
+recorder, evaluation and the CLI know of mazes. It imports no simulator.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 
+from envs.family import (
+    EnvFamily,
+    Listing,
+    Recording,
+    RecordSpec,
+    StepKey,
+    UnknownNameError,
+)
 from envs.suite import TaskSuite
 
 __all__ = [
     "ACTIONS",
+    "ACTION_CONVENTION",
     "ACTION_NAMES",
     "AGENT",
+    "FAMILY",
     "GOAL",
+    "LAYERS_KEY",
     "LAYOUTS",
+    "MAPS_KEY",
     "MAX_EPISODE_STEPS",
     "NOT_REACHED",
     "OBS_KEYS",
@@ -72,6 +88,19 @@ SPLITS = ("train", "test")
 LAYOUTS = ("tunnel",)
 SHORTCUT_PROBABILITY = 0.1
 """Chance that the carving search opens a wall to a node it already visited."""
+ACTION_CONVENTION = {
+    "type": "discrete",
+    "n": len(ACTIONS),
+    "names": list(ACTION_NAMES),
+    "units": "one grid cell per step; (row, column) moves: "
+    + ", ".join(f"{n} {m}" for n, m in zip(ACTION_NAMES, ACTIONS, strict=True)),
+}
+"""How to read an action: a recording's `action` attributes."""
+MAPS_KEY = "procedure/bfs_maps"
+"""The store key of the expert's procedure: one map per BFS layer, padded to
+`max_layers(size)`."""
+LAYERS_KEY = "procedure/bfs_layers"
+"""The store key of how many of those maps are the procedure's."""
 _NAME = re.compile(r"^(?P<layout>[a-z]+)(?P<size>\d+)$")
 _TASK = re.compile(r"^(?P<layout>[a-z]+)(?P<size>\d+)-(?P<split>[a-z]+)-(?P<index>\d+)$")
 
@@ -231,15 +260,23 @@ def bfs_procedure(
 
 
 class BFSExpert:
-    """The maze expert as a policy: `expert(observation)` → action, `act` → (action, maps)."""
+    """The maze expert as a policy: `expert(observation)` → the action, an int; `act` → the
+    action as the store keeps it and the procedure as store keys (`envs.family.Expert`).
 
-    def act(self, observation: dict[str, np.ndarray]) -> tuple[int, np.ndarray]:
-        walls, goal, agent = read_grid(observation["grid"])
-        maps, action = bfs_procedure(walls, goal, agent)
-        return action, maps
+    The number of BFS layers varies from step to step, so the maps are given in a fixed-size
+    key (`max_layers(size)` maps, 100 for 16×16) with the count beside them; maps past the count
+    repeat the last one, which is what the search would keep producing.
+    """
 
-    def __call__(self, observation: dict[str, np.ndarray]) -> int:
-        return self.act(observation)[0]
+    def act(self, observation: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+        maps, action = bfs_procedure(*read_grid(observation["grid"]))
+        layers = max_layers(maps.shape[-1])
+        padded = np.concatenate([maps, np.repeat(maps[-1:], layers - len(maps), axis=0)])
+        procedure = {MAPS_KEY: padded, LAYERS_KEY: np.int16(len(maps))}
+        return np.array([action], dtype=np.int64), procedure
+
+    def __call__(self, observation: Mapping[str, np.ndarray]) -> int:
+        return bfs_procedure(*read_grid(observation["grid"]))[1]
 
 
 def read_grid(grid: np.ndarray) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
@@ -398,6 +435,8 @@ class MazeTask:
     index: int
     """Position in its suite."""
 
+    family: ClassVar[str] = "maze"
+
     @property
     def instruction(self) -> str:
         return "reach the goal"
@@ -446,3 +485,90 @@ def make(rest: str, **kwargs: Any) -> MazeEnv:
             "one maze, e.g. 'maze/tunnel16-train-0003'"
         )
     return MazeEnv(maze_by_name(rest), **kwargs)
+
+
+# --- the family: what envs.make/suite, recording, evaluation and `il envs` read ---------------
+def _suite(rest: str, split: str = "train", seed: int = 0) -> MazeSuite:
+    del seed  # mazes are named by split and index; there is no benchmark seed
+    try:
+        return load_suite(rest, split)
+    except ValueError as e:
+        raise UnknownNameError(str(e)) from None
+
+
+def _make(rest: str, *, task_seed: int = 0, **kwargs: Any) -> MazeEnv:
+    del task_seed  # see _suite
+    try:
+        return make(rest, **kwargs)
+    except ValueError as e:
+        raise UnknownNameError(str(e)) from None
+
+
+def _expert(task: MazeTask) -> BFSExpert:
+    del task  # the grid holds the walls and the goal: one expert serves every maze
+    return BFSExpert()
+
+
+def _recording(suite: MazeSuite, spec: RecordSpec) -> Recording:
+    """Every step: the grid, the discrete action, reward and success, and the expert's
+    procedure — one map per BFS layer, as procedure cloning learns it."""
+    if spec.action_noise > 0:
+        raise ValueError("maze actions are discrete: --action-noise needs continuous actions")
+    size = suite.tasks[0].maze.size
+    layers = max_layers(size)
+    keys = {
+        "obs/grid": StepKey((size, size, 3), "uint8", "channels wall, goal, agent (0 or 1)"),
+        "action": StepKey((1,), "int64", "index of the move (names in attrs action)"),
+        "reward": StepKey((), "float32", "1 on reaching the goal, else 0"),
+        "success": StepKey((), "bool", "the agent is at the goal after the action"),
+        MAPS_KEY: StepKey(
+            (layers, size, size),
+            "uint8",
+            "map of BFS layer l+1 from the goal: per cell the action toward the goal, or 4 "
+            "where not reached yet; entries from procedure/bfs_layers on repeat the last",
+            # Long chunks: a map compresses to a few hundred bytes, and small chunks would mean
+            # thousands of files; training holds the key in memory anyway.
+            chunk_steps=32,
+        ),
+        LAYERS_KEY: StepKey(
+            (), "int16", "BFS layers until the agent's cell is reached (its distance to the goal)"
+        ),
+    }
+    source = {
+        "max_episode_steps": int(spec.max_episode_steps),
+        "maze_size": size,
+        "max_layers": layers,
+        "procedure_classes": [*ACTION_NAMES, "not reached"],
+        # The walls in the observation say which maze it is: policies get no task input and
+        # can be run on mazes they never saw.
+        "task_in_observation": True,
+    }
+    return Recording(obs=OBS_KEYS, keys=keys, source=source)
+
+
+FAMILY = EnvFamily(
+    name="maze",
+    example="maze/tunnel16/3",
+    obs_keys=OBS_KEYS,
+    max_episode_steps=MAX_EPISODE_STEPS,
+    fps=float(MazeEnv.metadata["render_fps"]),
+    action_convention=ACTION_CONVENTION,
+    suite=_suite,
+    make=_make,
+    parse_obs=parse_obs,
+    expert=_expert,
+    recording=_recording,
+    listing=Listing(
+        title="Maze suites",
+        suites=tuple((f"maze/{layout}16/<n>", "n", ",".join(SPLITS)) for layout in LAYOUTS),
+        notes=(
+            (
+                "mazes",
+                "maze/tunnel16/<n> is the first n mazes of --split train or test; "
+                "maze/tunnel16-<split>-<i> is one maze",
+            ),
+            ("observations", ", ".join(OBS_KEYS)),
+        ),
+    ),
+)
+"""The discrete mazes as an env family (`envs.family.EnvFamily`)."""

@@ -23,15 +23,19 @@ from images, reach stayed at the success of ignoring the goal while push and pic
 the same puck and goals in the same region but green and blue, were learnt. Those markers are
 drawn in magenta, a colour nothing else in the scenes has. Markers are visual only; states,
 physics and the scripted experts are unchanged.
+
+The module ends with Meta-World's `FAMILY` (`envs.family.EnvFamily`): the suite names, defaults,
+the scripted expert and what a recording stores per step (observation, action as executed,
+reward, the expert's procedure, a language-motion label and the MuJoCo state), which is all
+`envs.make`, the recorder, evaluation and the CLI know of Meta-World.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import metaworld
@@ -39,11 +43,23 @@ import mujoco
 import numpy as np
 
 from envs.camera import CameraModel
+from envs.family import (
+    EnvFamily,
+    Listing,
+    Recording,
+    RecordSpec,
+    StepKey,
+    UnknownNameError,
+    unknown,
+)
+from envs.language_motion import VOCABULARY, label_episode
 from envs.rendering import Renderer, RenderOptions
 from envs.suite import TaskSuite
 
 __all__ = [
+    "ACTION_CONVENTION",
     "DIFFICULTY",
+    "FAMILY",
     "INSTRUCTIONS",
     "TASKS",
     "MetaWorldEnv",
@@ -51,6 +67,7 @@ __all__ = [
     "SuiteTask",
     "UnknownNameError",
     "load_suite",
+    "parse_obs",
 ]
 
 TASKS: tuple[str, ...] = tuple(metaworld.env_dict.ALL_V3_ENVIRONMENTS)
@@ -164,20 +181,8 @@ From that height a goal's height and its depth fall along nearly the same image 
 vertical and depth its horizontal."""
 GOAL_MARKER_RGBA = (1.0, 0.0, 1.0, 1.0)
 """Magenta: the colour of goal markers that Meta-World draws in the arm's red."""
-
-
-class UnknownNameError(ValueError):
-    """An unknown env, suite, split or camera name; the message lists valid or close names."""
-
-
-def unknown(kind: str, name: str, valid: Sequence[str]) -> UnknownNameError:
-    """The one-line error for an unknown name: the closest valid names, or all of them."""
-    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
-    if close:
-        hint = "did you mean " + " or ".join(repr(c) for c in close) + "?"
-    else:
-        hint = "valid: " + ", ".join(valid)
-    return UnknownNameError(f"unknown {kind} {name!r}; {hint}")
+MAX_EPISODE_STEPS = 500
+"""Default episode length: Meta-World's own."""
 
 
 def check_task(task: str) -> str:
@@ -197,6 +202,8 @@ class SuiteTask:
     index: int
     """Position of the task in its suite: the task id for one-hot conditioning."""
     variations: tuple[metaworld.Task, ...]
+
+    family: ClassVar[str] = "metaworld"
 
     @property
     def instruction(self) -> str:
@@ -328,7 +335,7 @@ class MetaWorldEnv(gym.Env):
         *,
         obs: Sequence[str] = ("state",),
         image_size: int | tuple[int, int] = 84,
-        max_episode_steps: int = 500,
+        max_episode_steps: int = MAX_EPISODE_STEPS,
         terminate_on_success: bool = False,
         render_mode: str | None = None,
         render_camera: str = "corner",
@@ -555,3 +562,230 @@ def load_suite(kind: str, split: str = "train", task: str | None = None, seed: i
     tasks = load_suite_tasks(kind, split, task, seed)
     name = f"metaworld/{kind}" + (f"/{task}" if task else "")
     return Suite(name=name, split=split, tasks=tuple(tasks))
+
+
+# --- the family: what envs.make/suite, recording, evaluation and `il envs` read ---------------
+
+ACTION_CONVENTION = {
+    "type": "delta",
+    "frame": "world",
+    "dims": ["dx", "dy", "dz", "grab"],
+    "units": "dx, dy, dz in [-1, 1]: hand displacement of 1 cm per unit per step",
+    "gripper": "grab effort in [-1, 1]; +1 closes, -1 opens",
+}
+"""How to read an action: a recording's `action` attributes."""
+
+
+def parse_obs(obs: str | None) -> tuple[str, ...]:
+    """Observation keys from comma-separated `--obs` text (None: `state`), or a one-line
+    error naming the closest valid keys."""
+    keys = tuple(k.strip() for k in (obs or "state").split(",") if k.strip())
+    valid = ["state", "proprio", *(f"image/{c}" for c in CAMERAS)]
+    for k in keys:
+        if k not in valid:
+            raise unknown("observation key", k, valid)
+    if not keys:
+        raise ValueError("--obs needs at least one key, e.g. state,image/corner")
+    return keys
+
+
+def _suite(rest: str, split: str = "train", seed: int = 0) -> Suite:
+    """`MT10`, `ML1/<task>`, `easy`, or a task alone (its MT1 benchmark) → the suite."""
+    kind, _, task = rest.partition("/")
+    if kind not in SUITES:
+        if rest in TASKS or f"{rest}-v3" in TASKS:
+            kind, task = "MT1", rest
+        else:
+            raise unknown("Meta-World suite", kind, SUITES)
+    if kind in ("MT1", "ML1") and not task:
+        raise UnknownNameError(f"{kind} needs a task, e.g. 'metaworld/{kind}/pick-place-v3'")
+    if task and kind not in ("MT1", "ML1"):
+        raise UnknownNameError(f"suite {kind} takes no task; drop '/{task}'")
+    return load_suite(kind, split, task or None, seed)
+
+
+def _make(rest: str, *, task_seed: int = 0, **kwargs: Any) -> MetaWorldEnv:
+    """A task (`pick-place-v3`, `-v3` may be left off) → its env, with the variations of its
+    MT1 benchmark under `task_seed`."""
+    if rest.split("/", 1)[0] in SUITES:
+        name = f"metaworld/{rest}"
+        raise UnknownNameError(
+            f"{name!r} is a suite, not a single env; use envs.make_vec({name!r}) or "
+            f"envs.suite({name!r}).make(task)"
+        )
+    task = check_task(rest)
+    return load_suite("MT1", "train", task, task_seed).make(task, **kwargs)
+
+
+def _make_vec(
+    rest: str,
+    *,
+    envs_per_task: int,
+    vectorization_mode: str,
+    split: str,
+    task_seed: int,
+    **kwargs: Any,
+) -> gym.vector.VectorEnv:
+    # A task alone is its MT1 benchmark, whose only split is train, whatever `split` says.
+    if rest in TASKS or f"{rest}-v3" in TASKS:
+        chosen = load_suite("MT1", "train", check_task(rest), task_seed)
+    else:
+        chosen = _suite(rest, split, task_seed)
+    return chosen.make_vec(envs_per_task, vectorization_mode, **kwargs)
+
+
+def _expert(task: SuiteTask) -> Any:
+    # Imported here: envs.experts builds on this module (and imports Meta-World's policies).
+    from envs.experts import FamilyExpert
+
+    return FamilyExpert(task.name)
+
+
+_PROCEDURE_KEYS = {
+    "procedure/hand": StepKey(
+        (3,), "float32", "hand position the expert parsed from the state (m)"
+    ),
+    "procedure/object": StepKey((3,), "float32", "main object position the expert parsed (m)"),
+    "procedure/goal": StepKey((3,), "float32", "goal position (m)"),
+    "procedure/phase": StepKey(
+        (), "int16", "index of the expert's phase; names in attrs phases[task]"
+    ),
+    "procedure/target": StepKey((3,), "float32", "position the expert moves the hand toward (m)"),
+    "procedure/grab_effort": StepKey((), "float32", "the expert's grab effort"),
+}
+"""The expert's procedure as stored per step (`envs.experts.FamilyExpert`)."""
+
+
+def _recording(suite: Suite, spec: RecordSpec) -> Recording:
+    """Every step: the observation (always with `state`, which the expert and the
+    language-motion labels read), the action as executed, the dense reward, success, the
+    expert's procedure, a language-motion label and the full MuJoCo state, so one recording
+    serves every method."""
+    from envs.experts import ScriptedExpert  # see _expert
+
+    obs = spec.obs if "state" in spec.obs else ("state", *spec.obs)
+    sim_state_sizes = {}
+    for name in suite.task_names:
+        probe = suite.make(name, obs=("state",))
+        sim_state_sizes[name] = probe.sim_state_size
+        probe.close()
+    state_size = max(sim_state_sizes.values())
+    keys: dict[str, StepKey] = {}
+    for key in obs:
+        if key == "state":
+            keys["obs/state"] = StepKey((39,), "float32", "Meta-World state (hand, gripper, ...)")
+        elif key == "proprio":
+            keys["obs/proprio"] = StepKey((4,), "float32", "hand position (m) and gripper opening")
+        else:
+            camera = key.split("/", 1)[1]
+            keys[f"obs/{key}"] = StepKey(
+                (spec.image_size, spec.image_size, 3), "uint8", f"RGB from camera {camera}"
+            )
+    if spec.action_noise > 0:
+        keys["action"] = StepKey(
+            (4,), "float32", "expert action, clipped to [-1, 1]: the label to imitate"
+        )
+        keys["executed_action"] = StepKey(
+            (4,),
+            "float32",
+            f"action the env executed: the expert's plus Gaussian noise (std "
+            f"{spec.action_noise:g}), clipped to [-1, 1]",
+        )
+    else:
+        keys["action"] = StepKey(
+            (4,), "float32", "expert action as executed, clipped to [-1, 1] (see attrs action)"
+        )
+    keys["reward"] = StepKey((), "float32", "Meta-World v3 dense reward after the action")
+    keys["success"] = StepKey((), "bool", "task solved after the action")
+    keys.update(_PROCEDURE_KEYS)
+    keys["language_motion"] = StepKey(
+        (), "int16", "index into attrs source.language_motion_vocabulary"
+    )
+    keys["sim_state"] = StepKey(
+        (state_size,),
+        "float64",
+        "MuJoCo integration state before the action; tasks with a smaller state fill the tail "
+        "with NaN (sizes in attrs source.sim_state_sizes)",
+    )
+    source = {
+        "image_size": spec.image_size,
+        "max_episode_steps": spec.max_episode_steps,
+        "steps_after_success": spec.steps_after_success,
+        "action_noise": spec.action_noise,
+        "metaworld_version": metaworld.__dict__.get("__version__", _dist_version("metaworld")),
+        "mujoco_version": mujoco.__version__,
+        "phases": {t.name: list(ScriptedExpert(t.name).phases) for t in suite.tasks},
+        "sim_state_sizes": sim_state_sizes,
+        "language_motion_vocabulary": list(VOCABULARY),
+    }
+    return Recording(
+        obs=obs,
+        keys=keys,
+        source=source,
+        step_labels=functools.partial(_sim_state, size=state_size),
+        episode_labels=_language_motion,
+    )
+
+
+def _sim_state(env: MetaWorldEnv, size: int) -> dict[str, np.ndarray]:
+    """The env's sim state in the suite-wide length, NaN after its own end (`set_sim_state`
+    drops the NaN tail)."""
+    state = env.get_sim_state()
+    out = np.full(max(size, len(state)), np.nan)
+    out[: len(state)] = state
+    return {"sim_state": out}
+
+
+def _language_motion(steps: Any) -> dict[str, np.ndarray]:
+    """Each step's language-motion label, from the hand's motion over the next few steps."""
+    labels = label_episode(steps["procedure/hand"], steps["obs/state"][:, 3])
+    index = {phrase: i for i, phrase in enumerate(VOCABULARY)}
+    return {"language_motion": np.array([index[p] for p in labels], dtype=np.int16)}
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+_SUITE_SIZES = {"MT10": "10", "MT50": "50", "ML10": "10 + 5", "ML45": "45 + 5"}
+
+
+def _suite_row(kind: str) -> tuple[str, str, str]:
+    """(name, tasks, splits) of one suite for `il envs`."""
+    if kind in ("MT1", "ML1"):
+        return f"metaworld/{kind}/<task>", "1", "train" if kind == "MT1" else "train,test"
+    if kind in DIFFICULTY:
+        return f"metaworld/{kind}", str(len(DIFFICULTY[kind])), "train"
+    splits = "train" if kind.startswith("MT") else "train,test"
+    return f"metaworld/{kind}", _SUITE_SIZES[kind], splits
+
+
+FAMILY = EnvFamily(
+    name="metaworld",
+    example="metaworld/reach-v3",
+    obs_keys=("state",),
+    max_episode_steps=MAX_EPISODE_STEPS,
+    fps=float(MetaWorldEnv.metadata["render_fps"]),
+    action_convention=ACTION_CONVENTION,
+    suite=_suite,
+    make=_make,
+    parse_obs=parse_obs,
+    expert=_expert,
+    recording=_recording,
+    listing=Listing(
+        title="Meta-World suites",
+        suites=tuple(_suite_row(kind) for kind in SUITES),
+        notes=(
+            ("tasks", ", ".join(f"metaworld/{t}" for t in TASKS)),
+            ("cameras", ", ".join(CAMERAS)),
+            ("observations", "state, proprio, image/<camera>"),
+        ),
+    ),
+    env_names=tuple(f"metaworld/{t}" for t in TASKS),
+    suite_names=tuple(f"metaworld/{s}" for s in SUITES),
+    make_vec=_make_vec,
+    video_options={"render_options": RenderOptions(antialias=True)},
+)
+"""Meta-World as an env family (`envs.family.EnvFamily`)."""

@@ -1,110 +1,102 @@
-"""Names → environments and suites: the single entry point `make` / `make_vec` / `suite`."""
+"""Names → environments and suites: the table of env families and the single entry point
+`make` / `make_vec` / `suite` that dispatches through it.
+
+A name is `<family>/<rest>`; the family's module (one row of `FAMILIES`) is imported the first
+time the family is named and describes itself as an `EnvFamily` (`envs.family`). Nothing here
+knows a family by name, so adding one is a module and a row.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import gymnasium as gym
 
-from envs import maze
-from envs.metaworld import (
-    SUITES,
-    TASKS,
-    MetaWorldEnv,
-    Suite,
-    UnknownNameError,
-    check_task,
-    load_suite,
-    unknown,
-)
+from envs.family import EnvFamily, UnknownNameError, unknown
+from envs.suite import TaskSuite
 
-__all__ = ["defaults", "list_envs", "list_suites", "make", "make_vec", "suite"]
+__all__ = [
+    "FAMILIES",
+    "defaults",
+    "families",
+    "family_of",
+    "list_envs",
+    "list_suites",
+    "make",
+    "make_vec",
+    "suite",
+]
 
-_FAMILIES = ("metaworld", "maze")
+FAMILIES: dict[str, str] = {
+    "metaworld": "envs.metaworld",
+    "maze": "envs.maze",
+}
+"""Family name → the module whose `FAMILY` describes it, imported on first use."""
+
+
+def family_of(name: str) -> EnvFamily:
+    """The family of an env or suite name (`maze/tunnel16/3`), or a family name (`maze`)."""
+    family = name.partition("/")[0]
+    if family not in FAMILIES:
+        raise unknown("environment family", family, list(FAMILIES))
+    return importlib.import_module(FAMILIES[family]).FAMILY
+
+
+def families() -> list[EnvFamily]:
+    """Every family, in table order (imports every family's module)."""
+    return [family_of(name) for name in FAMILIES]
+
+
+def _split_name(name: str) -> tuple[EnvFamily, str]:
+    family, sep, rest = name.partition("/")
+    if not sep or not rest:
+        prefixes = " or ".join(f"'{f}/...'" for f in FAMILIES)
+        raise UnknownNameError(
+            f"env name {name!r} needs a family prefix, {prefixes}; `il envs` lists the names"
+        )
+    return family_of(family), rest
 
 
 def list_envs() -> list[str]:
-    """Every single-task environment name."""
-    return [f"metaworld/{t}" for t in TASKS]
+    """Every single-task environment name of the families that have finitely many."""
+    return [name for family in families() for name in family.env_names]
 
 
 def list_suites() -> list[str]:
-    """Every suite name (MT1/ML1 take a task: `metaworld/MT1/<task>`)."""
-    return [f"metaworld/{s}" for s in SUITES]
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    family, sep, rest = name.partition("/")
-    if not sep or not rest:
-        raise UnknownNameError(
-            f"env name {name!r} needs a family prefix, e.g. 'metaworld/pick-place-v3', "
-            "'metaworld/MT10' or 'maze/tunnel16/20'"
-        )
-    if family not in _FAMILIES:
-        raise unknown("environment family", family, _FAMILIES)
-    return family, rest
+    """Every suite name of the families that have finitely many (Meta-World's MT1/ML1 take a
+    task: `metaworld/MT1/<task>`)."""
+    return [name for family in families() for name in family.suite_names]
 
 
 def defaults(name: str) -> dict[str, Any]:
     """The family's rollout defaults: observation keys and episode length."""
     family, _ = _split_name(name)
-    if family == "maze":
-        return {"obs": maze.OBS_KEYS, "max_episode_steps": maze.MAX_EPISODE_STEPS}
-    return {"obs": ("state",), "max_episode_steps": 500}
+    return {"obs": family.obs_keys, "max_episode_steps": family.max_episode_steps}
 
 
-def suite(name: str, split: str = "train", seed: int = 0) -> Suite | maze.MazeSuite:
-    """A suite of tasks with fixed variations.
+def suite(name: str, split: str = "train", seed: int = 0) -> TaskSuite:
+    """A suite of tasks with fixed variations, e.g. `suite("metaworld/ML10", split="test")` or
+    `suite("maze/tunnel16/20")`.
 
-    `seed` is Meta-World's benchmark seed: it fixes which object and goal positions form each
-    task's variations (50 per task). Episode seeds then choose among them. Maze suites
-    (`maze/tunnel16/20`: the first 20 mazes of `split`) have no benchmark seed.
+    `seed` is the family's benchmark seed, where it has one: for Meta-World it fixes which
+    object and goal positions form each task's variations (50 per task). Episode seeds then
+    choose among them.
     """
     family, rest = _split_name(name)
-    if family == "maze":
-        try:
-            return maze.load_suite(rest, split)
-        except ValueError as e:
-            raise UnknownNameError(str(e)) from None
-    kind, _, task = rest.partition("/")
-    if kind not in SUITES:
-        if rest in TASKS or f"{rest}-v3" in TASKS:
-            kind, task = "MT1", rest
-        else:
-            raise unknown("Meta-World suite", kind, SUITES)
-    if kind in ("MT1", "ML1") and not task:
-        raise UnknownNameError(f"{kind} needs a task, e.g. 'metaworld/{kind}/pick-place-v3'")
-    if task and kind not in ("MT1", "ML1"):
-        raise UnknownNameError(f"suite {kind} takes no task; drop '/{task}'")
-    return load_suite(kind, split, task or None, seed)
+    return family.suite(rest, split, seed)
 
 
-def make(
-    name: str, *, seed: int | None = None, task_seed: int = 0, **kwargs: Any
-) -> MetaWorldEnv | maze.MazeEnv:
+def make(name: str, *, seed: int | None = None, task_seed: int = 0, **kwargs: Any) -> gym.Env:
     """One environment by name, e.g. `make("metaworld/pick-place-v3", obs=("state",
     "image/corner"), image_size=84, seed=0)` or `make("maze/tunnel16-test-0003")`.
 
     `seed` seeds the episode RNG (which variation each reset picks); `task_seed` is the benchmark
-    seed that fixes the variations themselves. Other keyword arguments go to `MetaWorldEnv`
-    (or `MazeEnv`).
+    seed that fixes the variations themselves. Other keyword arguments go to the family's env
+    (`MetaWorldEnv`, `MazeEnv`).
     """
     family, rest = _split_name(name)
-    if family == "maze":
-        try:
-            env = maze.make(rest, **kwargs)
-        except ValueError as e:
-            raise UnknownNameError(str(e)) from None
-        if seed is not None:
-            env.reset(seed=seed)
-        return env
-    if rest.split("/", 1)[0] in SUITES:
-        raise UnknownNameError(
-            f"{name!r} is a suite, not a single env; use envs.make_vec({name!r}) or "
-            f"envs.suite({name!r}).make(task)"
-        )
-    task = check_task(rest)
-    env = load_suite("MT1", "train", task, task_seed).make(task, **kwargs)
+    env = family.make(rest, task_seed=task_seed, **kwargs)
     if seed is not None:
         env.reset(seed=seed)
     return env
@@ -121,10 +113,15 @@ def make_vec(
 ) -> gym.vector.VectorEnv:
     """A vector env over one task (`metaworld/<task>`) or every task of a suite."""
     family, rest = _split_name(name)
-    if family == "maze":
-        return suite(name, split=split).make_vec(envs_per_task, vectorization_mode, **kwargs)
-    if rest in TASKS or f"{rest}-v3" in TASKS:
-        chosen = load_suite("MT1", "train", check_task(rest), task_seed)
-    else:
-        chosen = suite(name, split=split, seed=task_seed)
-    return chosen.make_vec(envs_per_task, vectorization_mode, **kwargs)
+    if family.make_vec is not None:
+        return family.make_vec(
+            rest,
+            envs_per_task=envs_per_task,
+            vectorization_mode=vectorization_mode,
+            split=split,
+            task_seed=task_seed,
+            **kwargs,
+        )
+    return family.suite(rest, split, task_seed).make_vec(
+        envs_per_task, vectorization_mode, **kwargs
+    )

@@ -48,8 +48,8 @@ def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
         click.option(
             "--env",
             default=None,
-            help="Task or suite, e.g. metaworld/MT10 or metaworld/reach-v3 "
-            "[default: metaworld/MT10; for --checkpoint, the tasks it was trained on].",
+            help="Task or suite, e.g. metaworld/MT10 or metaworld/reach-v3 (`il envs` lists "
+            "them) [default: metaworld/MT10; for --checkpoint, the tasks it was trained on].",
         ),
         click.option(
             "--tasks",
@@ -61,7 +61,7 @@ def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
             "--split",
             default="train",
             show_default=True,
-            help="Suite split: train, or test for ML suites.",
+            help="Suite split: train or test, where the suite has one (`il envs` lists them).",
         ),
         click.option(
             "--episodes-per-task",
@@ -87,7 +87,7 @@ def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
             "--obs",
             default=None,
             help="Observation keys, comma-separated, e.g. state,image/corner "
-            "[default: state; grid for maze/...] (a checkpoint brings its own).",
+            "[default: the env family's, see `il envs`] (a checkpoint brings its own).",
         ),
         click.option(
             "--image-size",
@@ -100,8 +100,8 @@ def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
             "--max-episode-steps",
             type=click.IntRange(min=1),
             default=None,
-            help="Steps after which an episode is cut (truncated) [default: 500; 100 for "
-            "maze/...].",
+            help="Steps after which an episode is cut (truncated) [default: the env family's, "
+            "see `il envs`].",
         ),
     ]
     return lambda command: functools.reduce(lambda f, option: option(f), reversed(options), command)
@@ -349,8 +349,8 @@ def eval_(
     type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
-    help="Std of Gaussian noise on the executed action (expert source); the store keeps the "
-    "expert's action as `action` and the executed one as `executed_action`.",
+    help="Std of Gaussian noise on the executed action (expert source, continuous actions); "
+    "the store keeps the expert's action as `action` and the executed one as `executed_action`.",
 )
 @_robot_options(robot_required=False)
 def record(
@@ -402,9 +402,6 @@ def record(
 
     suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs, tasks)
     max_episode_steps = _max_steps(suite.name, max_episode_steps)
-    if suite.name.startswith("maze/"):
-        _record_maze(suite, out, episodes_per_task, max_episode_steps, seed)
-        return
     workers = workers or _cpu_count()
     total = len(suite.tasks) * episodes_per_task
     counts = {"ok": 0, "failed": 0}
@@ -432,7 +429,7 @@ def record(
                 action_noise=action_noise,
                 on_episode=on_episode,
             )
-        except StoreError as e:
+        except (StoreError, ValueError) as e:  # ValueError: a request the family cannot record
             raise UserError(str(e)) from None
     console.print(
         f"recorded {summary.recorded} episodes into {out} "
@@ -809,36 +806,6 @@ def _human_bytes(n: int) -> str:
     return f"{size:.1f} GiB"
 
 
-def _record_maze(
-    suite: Any, out: str, episodes_per_task: int, max_episode_steps: int, seed: int
-) -> None:
-    """`il record --env maze/...`: the BFS expert in every maze, its procedure with each step."""
-    from il.data.store import StoreError
-    from il.record_maze import record_maze_expert
-
-    with _progress("record") as bar:
-        job = bar.add_task(
-            f"BFS expert on {suite.name} ({suite.split})",
-            total=len(suite.tasks) * episodes_per_task,
-            status="",
-        )
-        try:
-            summary = record_maze_expert(
-                suite,
-                out,
-                episodes_per_task=episodes_per_task,
-                max_episode_steps=max_episode_steps,
-                seed=seed,
-                on_episode=lambda task, success: bar.advance(job),
-            )
-        except (StoreError, ValueError) as e:
-            raise UserError(str(e)) from None
-    console.print(
-        f"recorded {summary.recorded} episodes into {out} ({summary.skipped} already there); "
-        f"the store holds {summary.episodes_in_store} episodes"
-    )
-
-
 def _max_steps(env: str, given: int | None) -> int:
     """--max-episode-steps, else the env family's default."""
     import envs
@@ -857,11 +824,7 @@ def _suite_and_obs(
         suite = envs.suite(env, split=split)
         if tasks is not None:
             suite = suite.subset(_parse_tasks(tasks))
-        if env.startswith("maze/"):
-            from envs.maze import parse_obs
-
-            return suite, parse_obs(obs)
-        return suite, _parse_obs(obs or "state")
+        return suite, envs.family_of(env).parse_obs(obs)
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -886,21 +849,6 @@ def _parse_tasks(tasks: str | None) -> tuple[str, ...]:
     if tasks is not None and not names:
         raise UserError("--tasks names no task; give some, e.g. --tasks reach-v3,push-v3")
     return names
-
-
-def _parse_obs(obs: str) -> tuple[str, ...]:
-    import envs
-
-    keys = tuple(k.strip() for k in obs.split(",") if k.strip())
-    valid = ["state", "proprio", *(f"image/{c}" for c in envs.CAMERAS)]
-    for k in keys:
-        if k not in valid:
-            from envs.metaworld import unknown
-
-            raise unknown("observation key", k, valid)
-    if not keys:
-        raise ValueError("--obs needs at least one key, e.g. state,image/corner")
-    return keys
 
 
 @app.command(
@@ -1261,32 +1209,24 @@ def calibrate_(robot: str | None, teleop: str | None, model: str | None, out: st
 
 @app.command("envs")
 def envs_() -> None:
-    """List environments, suites and cameras."""
+    """List every env family's suites, tasks, observations and defaults."""
     import envs
 
-    table = Table(title="Meta-World suites")
-    table.add_column("name")
-    table.add_column("tasks", justify="right")
-    table.add_column("splits")
-    for kind in envs.SUITES:
-        if kind in ("MT1", "ML1"):
-            table.add_row(
-                f"metaworld/{kind}/<task>", "1", "train" if kind == "MT1" else "train,test"
-            )
-        elif kind in envs.DIFFICULTY:
-            table.add_row(f"metaworld/{kind}", str(len(envs.DIFFICULTY[kind])), "train")
-        else:
-            n = {"MT10": "10", "MT50": "50", "ML10": "10 + 5", "ML45": "45 + 5"}[kind]
-            table.add_row(
-                f"metaworld/{kind}", n, "train" if kind.startswith("MT") else "train,test"
-            )
-    console.print(table)
-    console.print("[bold]tasks:[/] " + ", ".join(envs.list_envs()))
-    console.print("[bold]cameras:[/] " + ", ".join(envs.CAMERAS))
-    console.print(
-        "[bold]mazes:[/] maze/tunnel16/<n> (the first n mazes of --split train or test), "
-        "maze/tunnel16-<split>-<i> (one maze)"
-    )
+    for family in envs.families():
+        listing = family.listing
+        table = Table(title=listing.title)
+        table.add_column("name")
+        table.add_column("tasks", justify="right")
+        table.add_column("splits")
+        for row in listing.suites:
+            table.add_row(*row)
+        console.print(table)
+        for label, text in listing.notes:
+            console.print(f"[bold]{label}:[/] {text}")
+        console.print(
+            f"[bold]defaults:[/] --obs {','.join(family.obs_keys)} "
+            f"--max-episode-steps {family.max_episode_steps}"
+        )
 
 
 def _fail(message: str) -> None:

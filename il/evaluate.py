@@ -4,8 +4,11 @@ Work is split into jobs, each a block of consecutive episodes of one task, about
 worker; spawned worker processes take them from a queue as they finish, so a long task does not
 leave a worker idle at the end, and one task alone still spreads over every worker. A worker keeps
 its envs and policies from one job to the next. Episode `k` of every task is reset with seed
-`seed + k`, which fixes its Meta-World variation and seeds a stochastic policy: two runs of the same
+`seed + k`, which fixes its variation and seeds a stochastic policy: two runs of the same
 command produce the same table, whatever the number of workers.
+
+Nothing here knows an env family: the suite builds the envs, and the family's description
+(`envs.family_of`) gives the default observation keys, episode length and filming options.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 import envs
-from envs import RenderOptions, Suite, SuiteTask
+from envs.suite import TaskSuite
 
 __all__ = ["EpisodeResult", "EvalReport", "Policy", "TaskResult", "evaluate"]
 
@@ -38,8 +41,8 @@ class Policy(Protocol):
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
-PolicyFactory = Callable[[SuiteTask], Policy]
-"""Builds the policy for one task (picklable: it is sent to worker processes)."""
+PolicyFactory = Callable[[Any], Policy]
+"""Builds the policy for one task of a suite (picklable: it is sent to worker processes)."""
 
 
 @dataclass
@@ -115,17 +118,19 @@ class _Job:
     """A block of consecutive episodes of one task: the unit a worker takes from the queue."""
 
     suite: str
-    task: SuiteTask
+    suite_type: type[TaskSuite]
+    """The suite's class (Meta-World `Suite`, `MazeSuite`, ...): it builds the job's env."""
+    task: Any
     episodes: tuple[int, ...]
     """Episode numbers; episode k is reset with seed `seed + k`."""
     seed: int
     env_kwargs: dict[str, Any]
+    video_kwargs: dict[str, Any]
+    """Env keyword arguments for filming, besides the render mode and size (the family's)."""
     policy_factory: PolicyFactory
     video_dir: str | None
     video_episodes: int
     video_size: int
-    suite_type: type = Suite
-    """The suite's class (Meta-World `Suite`, `MazeSuite`): it builds the job's env."""
 
 
 class _Kept:
@@ -142,11 +147,8 @@ class _Kept:
         if key not in self.envs:
             kwargs = dict(job.env_kwargs)
             if filming:
-                kwargs.update(
-                    render_mode="rgb_array",
-                    render_size=job.video_size,
-                    render_options=RenderOptions(antialias=True),
-                )
+                kwargs.update(job.video_kwargs)
+                kwargs.update(render_mode="rgb_array", render_size=job.video_size)
             suite = job.suite_type(job.suite, "train", (job.task,))
             self.envs[key] = suite.env_fns(1, **kwargs)[0]()
         return self.envs[key]
@@ -228,16 +230,16 @@ def _episode_blocks(n_tasks: int, episodes_per_task: int, workers: int) -> list[
 
 
 def evaluate(
-    suite: Suite | str,
+    suite: TaskSuite | str,
     policy_factory: PolicyFactory,
     *,
     policy_name: str = "policy",
     episodes_per_task: int = 10,
     workers: int = 1,
     seed: int = 0,
-    obs: Sequence[str] = ("state",),
+    obs: Sequence[str] | None = None,
     image_size: int = 84,
-    max_episode_steps: int = 500,
+    max_episode_steps: int | None = None,
     video_dir: str | os.PathLike | None = None,
     video_episodes: int = 1,
     video_size: int = 224,
@@ -245,16 +247,19 @@ def evaluate(
 ) -> EvalReport:
     """Success per task over `episodes_per_task` seeded episodes, with `workers` processes.
     The result does not depend on `workers`: an episode's seed fixes its variation and seeds the
-    policy's sampling, whichever process runs it."""
+    policy's sampling, whichever process runs it. `obs` and `max_episode_steps` default to the
+    family's (`envs.defaults`)."""
     if isinstance(suite, str):
         suite = envs.suite(suite)
+    family = envs.family_of(suite.name)
+    obs = tuple(obs or family.obs_keys)
     if episodes_per_task <= 0:
         raise ValueError(f"episodes_per_task must be positive, got {episodes_per_task}")
     if workers <= 0:
         raise ValueError(f"workers must be positive, got {workers}")
     env_kwargs = {
         "obs": tuple(obs),
-        "max_episode_steps": max_episode_steps,
+        "max_episode_steps": max_episode_steps or family.max_episode_steps,
         "terminate_on_success": True,
     }
     if any(k.startswith("image/") for k in obs):  # envs without cameras take no image size
@@ -263,15 +268,16 @@ def evaluate(
     jobs = [
         _Job(
             suite.name,
+            type(suite),
             task,
             tuple(block),
             seed,
             env_kwargs,
+            dict(family.video_options),
             policy_factory,
             None if video_dir is None else str(video_dir),
             video_episodes,
             video_size,
-            type(suite),
         )
         for block in blocks  # block-major: every task is under way early, for the progress bar
         for task in suite.tasks
@@ -332,7 +338,7 @@ class CheckpointPolicies:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_loaded": None}
 
-    def __call__(self, task: SuiteTask) -> Policy:
+    def __call__(self, task: Any) -> Policy:
         import copy
 
         import torch
@@ -368,7 +374,7 @@ def checkpoint_suite(
     suite: str | None = None,
     split: str = "train",
     tasks: Sequence[str] = (),
-) -> Suite:
+) -> TaskSuite:
     """The tasks a checkpoint is evaluated on, from its spec alone (`env`, `trained_tasks`), so
     a caller can size its work before any weights are read: the suite it was trained in (or
     `suite`), narrowed to the tasks it learned and then to `tasks`, each name resolved the
@@ -416,6 +422,7 @@ def evaluate_checkpoint(
     chosen = checkpoint_suite(env, policy.spec.tasks, suite=suite, split=split, tasks=tasks)
     kwargs.setdefault("obs", tuple(policy.spec.env_key(k) for k in policy.spec.obs_shapes))
     kwargs.setdefault("image_size", int(env.get("image_size", 84)))
-    kwargs.setdefault("max_episode_steps", int(env.get("max_episode_steps", 500)))
+    if env.get("max_episode_steps"):  # else the family's
+        kwargs.setdefault("max_episode_steps", int(env["max_episode_steps"]))
     kwargs.setdefault("policy_name", " ".join([f"{policy.name} ({folder})", *acting]))
     return evaluate(chosen, CheckpointPolicies(folder, act_ahead, acting), **kwargs)

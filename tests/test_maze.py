@@ -20,7 +20,7 @@ from envs.maze import (
     tunnel_walls,
 )
 from il.data.store import DemoStore
-from il.record_maze import record_maze_expert
+from il.record import record_expert
 
 
 def brute_force_distances(walls: np.ndarray, goal: tuple[int, int]) -> np.ndarray:
@@ -166,9 +166,9 @@ def test_maze_names_and_suites():
 def test_recorded_maze_store_holds_the_procedure(tmp_path):
     suite = envs.suite("maze/tunnel16/2")
     path = str(tmp_path / "maze.zarr")
-    summary = record_maze_expert(suite, path, episodes_per_task=2, max_episode_steps=100)
+    summary = record_expert(suite, path, episodes_per_task=2, max_episode_steps=100)
     assert summary.recorded == 4
-    again = record_maze_expert(suite, path, episodes_per_task=2, max_episode_steps=100)
+    again = record_expert(suite, path, episodes_per_task=2, max_episode_steps=100)
     assert (again.recorded, again.skipped, again.episodes_in_store) == (0, 4, 4)
     store = DemoStore.open(path)
     assert store.schema.source["task_in_observation"] is True

@@ -24,7 +24,7 @@ from il.methods.procedure_cloning.maze import PCMazeConfig, PCMazePolicy, sample
 from il.policies.base import DataSpec
 from il.policies.hierarchy import IntermediateOutput
 from il.policies.registry import load_policy
-from il.record_maze import record_maze_expert
+from il.record import record_expert
 from il.train import ConfigError, load_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,9 +180,7 @@ def test_sample_pairs_is_uniform_over_all_pairs():
 @pytest.fixture(scope="module")
 def maze_store(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("maze") / "maze.zarr")
-    record_maze_expert(
-        envs.suite("maze/tunnel16/3"), path, episodes_per_task=2, max_episode_steps=100
-    )
+    record_expert(envs.suite("maze/tunnel16/3"), path, episodes_per_task=2, max_episode_steps=100)
     return path
 
 
@@ -332,9 +330,7 @@ def test_procedure_cloning_generalises_to_unseen_mazes_where_bc_does_not(tmp_pat
     """The paper's result in miniature: trained on 10 mazes, PC solves most unseen mazes and BC
     almost none (measured: PC 65-85%, BC under 10%; docs/results.md)."""
     store = str(tmp_path / "maze.zarr")
-    record_maze_expert(
-        envs.suite("maze/tunnel16/10"), store, episodes_per_task=4, max_episode_steps=100
-    )
+    record_expert(envs.suite("maze/tunnel16/10"), store, episodes_per_task=4, max_episode_steps=100)
     rates = {}
     for policy in ("pc-maze", "bc-maze"):
         config = load_config(

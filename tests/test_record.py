@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -215,17 +214,16 @@ def test_kill_9_or_ctrl_c_during_il_record_keeps_committed_episodes_and_resumes(
 def test_a_reused_env_records_the_same_episode_as_a_new_one():
     """Recording keeps each process's envs from one episode to the next (building one costs
     more than an episode); a kept env must record exactly what a new one would."""
-    from il.record import RecordSpec, _close_envs, expert_schema, rollout_expert
+    from il.record import RecordSpec, _close_envs, plan_recording, rollout_expert
 
     suite = envs.suite("metaworld/MT10")
     task = next(t for t in suite.tasks if t.name == "pick-place-v3")
     spec = RecordSpec(("state", "image/corner"), 32, 60, 5)
-    size = expert_schema(suite, spec).keys["sim_state"].shape[0]
-    spec = dataclasses.replace(spec, sim_state_size=size)
+    plan = plan_recording(suite, spec)
     _close_envs()
-    fresh, _ = rollout_expert(task, 3, spec, suite.name)
-    rollout_expert(task, 8, spec, suite.name)  # another variation in between, same env
-    again, _ = rollout_expert(task, 3, spec, suite.name)
+    fresh, _ = rollout_expert(plan, task, 3)
+    rollout_expert(plan, task, 8)  # another variation in between, same env
+    again, _ = rollout_expert(plan, task, 3)
     _close_envs()
     assert fresh.keys() == again.keys()
     for key in fresh:

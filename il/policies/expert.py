@@ -1,51 +1,37 @@
-"""The scripted Meta-World experts (and the BFS maze expert) behind the policy interface.
+"""Every env family's scripted expert behind the policy interface.
 
 Evaluating the expert through exactly the path a learned policy takes gives every results table
-its reference row: if the expert's success drops, the evaluation changed, not the policy.
+its reference row: if the expert's success drops, the evaluation changed, not the policy. The
+expert comes from the task's family (`envs.family_of(task.family).expert`), so this module knows
+no family.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from envs.experts import ScriptedExpert
-from envs.maze import BFSExpert, MazeTask
+import envs
 
 
 class ExpertPolicy:
-    """`act(observation) -> action` for one environment of a known task."""
+    """`act(observation) -> action` for one environment of a known task (a task of a suite)."""
 
     name = "expert"
 
-    def __init__(self, task: str) -> None:
-        self.task = task
-        self._expert = ScriptedExpert(task)
+    def __init__(self, task: Any) -> None:
+        self.task = task.name
+        self._expert = envs.family_of(task.family).expert(task)
 
     def reset(self, seed: int | None = None) -> None:
-        """The expert is memoryless and deterministic; present so callers treat every policy
+        """The experts are memoryless and deterministic; present so callers treat every policy
         alike."""
 
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        return np.asarray(self._expert(observation), dtype=np.float32)
+        return self._expert.act(observation)[0]
 
 
-class MazeExpertPolicy:
-    """The BFS expert of a maze: its action as a (1,) int64 array."""
-
-    name = "expert"
-
-    def __init__(self) -> None:
-        self._expert = BFSExpert()
-
-    def reset(self, seed: int | None = None) -> None:
-        """The BFS expert is memoryless and deterministic."""
-
-    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        return np.array([self._expert(observation)], dtype=np.int64)
-
-
-def expert_for_task(task: object) -> ExpertPolicy | MazeExpertPolicy:
+def expert_for_task(task: Any) -> ExpertPolicy:
     """A policy factory for evaluation (picklable, module-level): the task's expert."""
-    if isinstance(task, MazeTask):
-        return MazeExpertPolicy()
-    return ExpertPolicy(task.name)  # type: ignore[attr-defined]
+    return ExpertPolicy(task)

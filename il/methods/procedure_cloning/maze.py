@@ -34,11 +34,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from envs.maze import AGENT, NOT_REACHED
+from envs.maze import AGENT, LAYERS_KEY, MAPS_KEY, NOT_REACHED
 from il.data.normalize import Normalizer
 from il.policies.base import DataSpec, Policy
 from il.policies.hierarchy import IntermediateOutput
-from il.record_maze import LAYERS_KEY, MAPS_KEY
 
 __all__ = ["LAYERS_KEY", "MAPS_KEY", "MazeStepModel", "PCMazeConfig", "PCMazePolicy"]
 

@@ -98,10 +98,10 @@ class MazeExperiment(Experiment):
         return [(f"recording {n_max} mazes", lambda: self._record(n_max))]
 
     def _record(self, n_mazes: int) -> None:
-        from il.record_maze import record_maze_expert
+        from il.record import record_expert
 
         suite = envs.suite(f"maze/{self.config.layout}/{n_mazes}")
-        record_maze_expert(
+        record_expert(
             suite,
             str(self.store),
             episodes_per_task=self.config.demos_per_maze,
