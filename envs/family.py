@@ -144,8 +144,8 @@ class EnvFamily:
     fps: float
     """Steps per second of simulated time: the store's `fps`."""
     action_convention: Mapping[str, Any]
-    """How to read an action: the store's `action` attributes (the module's
-    `ACTION_CONVENTION`)."""
+    """How to read an action, in the JSON form of `robots.action.ActionSpec`: the store's
+    `action` attributes, checked against every checkpoint evaluated in the family."""
     suite: Callable[[str, str, int], TaskSuite]
     """`(name, split, benchmark seed)` → a suite of tasks."""
     make: Callable[..., gym.Env]

@@ -90,12 +90,14 @@ SHORTCUT_PROBABILITY = 0.1
 """Chance that the carving search opens a wall to a node it already visited."""
 ACTION_CONVENTION = {
     "type": "discrete",
-    "n": len(ACTIONS),
     "names": list(ACTION_NAMES),
-    "units": "one grid cell per step; (row, column) moves: "
+    "frame": "grid",
+    "gripper": "",
+    "note": "one grid cell per step; (row, column) moves: "
     + ", ".join(f"{n} {m}" for n, m in zip(ACTION_NAMES, ACTIONS, strict=True)),
 }
-"""How to read an action: a recording's `action` attributes."""
+"""How to read an action, in the JSON form of `robots.action.ActionSpec` (envs does not import
+robots): a recording's `action` attributes; the action is the index of one of `names`."""
 MAPS_KEY = "procedure/bfs_maps"
 """The store key of the expert's procedure: one map per BFS layer, padded to
 `max_layers(size)`."""

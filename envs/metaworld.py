@@ -567,13 +567,18 @@ def load_suite(kind: str, split: str = "train", task: str | None = None, seed: i
 # --- the family: what envs.make/suite, recording, evaluation and `il envs` read ---------------
 
 ACTION_CONVENTION = {
-    "type": "delta",
+    "type": "ee_delta",
+    "names": ["x", "y", "z", "gripper"],
+    "units": ["cm", "cm", "cm", "1"],
+    "low": [-1.0, -1.0, -1.0, -1.0],
+    "high": [1.0, 1.0, 1.0, 1.0],
     "frame": "world",
-    "dims": ["dx", "dy", "dz", "grab"],
-    "units": "dx, dy, dz in [-1, 1]: hand displacement of 1 cm per unit per step",
-    "gripper": "grab effort in [-1, 1]; +1 closes, -1 opens",
+    "gripper": "+1 closes, -1 opens",
+    "note": "x, y, z in [-1, 1]: hand displacement of 1 cm per unit per step; the last "
+    "dimension is the grab effort",
 }
-"""How to read an action: a recording's `action` attributes."""
+"""How to read an action, in the JSON form of `robots.action.ActionSpec` (envs does not import
+robots): a recording's `action` attributes, and what the simulated arm accepts."""
 
 
 def parse_obs(obs: str | None) -> tuple[str, ...]:

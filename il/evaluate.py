@@ -414,12 +414,22 @@ def evaluate_checkpoint(
     `acting`: `model.key=value` changes to how it acts (see `load_policy`)."""
     from il.policies.base import resolve_checkpoint
     from il.policies.registry import load_policy
+    from robots.action import check_actions
 
     folder = resolve_checkpoint(checkpoint)
     policy = load_policy(folder, acting=acting)  # bad values fail here, before any worker starts
     policy.set_act_ahead(act_ahead)
     env = policy.spec.env
     chosen = checkpoint_suite(env, policy.spec.tasks, suite=suite, split=split, tasks=tasks)
+    # the checkpoint meets the env here: its actions must mean what the env's do
+    check_actions(
+        policy.spec.action,
+        envs.family_of(chosen.name).action_convention,
+        f"the checkpoint {folder}",
+        chosen.name,
+        produced_dim=policy.spec.action_dim,
+        fix="evaluate it in the env family whose demonstrations it learnt from",
+    )
     kwargs.setdefault("obs", tuple(policy.spec.env_key(k) for k in policy.spec.obs_shapes))
     kwargs.setdefault("image_size", int(env.get("image_size", 84)))
     if env.get("max_episode_steps"):  # else the family's

@@ -21,7 +21,7 @@ import mujoco
 import numpy as np
 
 import envs
-from envs.metaworld import CAMERAS, MetaWorldEnv
+from envs.metaworld import ACTION_CONVENTION, CAMERAS, MetaWorldEnv
 from robots.base import ActionSpec, CameraIntrinsics, DriverError, Frame, Robot, ThreadedCamera
 
 __all__ = ["SIM_SAFETY", "SimArm", "SimCamera"]
@@ -61,14 +61,10 @@ class SimArm(Robot):
         self._success = False
         self._episodes = 0
         self._gripper = -1.0
-        self._spec = ActionSpec(
-            kind="ee_delta",
-            names=("x", "y", "z", "gripper"),
-            units=("cm", "cm", "cm", "1"),
-            low=np.array([-1.0, -1.0, -1.0, -1.0]),
-            high=np.array([1.0, 1.0, 1.0, 1.0]),
-            frame="world",
-        )
+        # the arm takes what the env takes, so a policy trained in sim runs on it unchanged
+        spec = ActionSpec.from_json(ACTION_CONVENTION)
+        assert spec is not None
+        self._spec = spec
 
     # --- Robot ---------------------------------------------------------------------------------
     @property

@@ -15,6 +15,7 @@ from il.data.store import DemoStore
 from il.evaluate import evaluate
 from il.policies.expert import expert_for_task
 from il.record import record_expert
+from robots.action import ActionSpec
 
 IL = [sys.executable, "-m", "il.cli"]
 
@@ -49,11 +50,14 @@ def test_every_family_describes_itself_makes_envs_and_an_expert_that_acts(name):
     assert {"action", "reward", "success", *(f"obs/{k}" for k in recording.obs)} <= set(
         recording.keys
     )
+    convention = ActionSpec.from_json(family.action_convention)  # the typed convention reads it
+    assert convention is not None and convention.to_json() == dict(family.action_convention)
     expert = family.expert(task)
     for _ in range(3):
         action, procedure = expert.act(obs)
         stored = recording.keys["action"]
         assert action.shape == stored.shape and action.dtype == np.dtype(stored.dtype)
+        assert stored.shape == (convention.dim,)
         assert procedure and set(procedure) <= set(recording.keys)
         for key, value in procedure.items():
             value = np.asarray(value)

@@ -66,7 +66,7 @@ def test_recorded_keys_and_metadata(reach_store):
     assert list(meta["seed"]) == [0, 1, 2]
     assert meta["success"].all()
     assert all(m == envs.INSTRUCTIONS["reach-v3"] for m in meta["instruction"])
-    assert store.schema.action["type"] == "delta"
+    assert store.schema.action["type"] == "ee_delta"
     assert store.schema.source["phases"]["reach-v3"]
     ep = store.read_episode(0)
     success = ep["success"]
