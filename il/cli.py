@@ -466,6 +466,7 @@ def _robot_session(
 
     from il.data.store import DemoStore, StoreError
     from il.session import Session, robot_schema
+    from il.sources import ReplaySource
     from robots.base import DriverError
     from robots.registry import default_safety, load_robot_config, make_camera, make_robot
     from robots.safety import SafeRobot, SafetyConfig
@@ -498,6 +499,7 @@ def _robot_session(
             policy.set_act_ahead(act_ahead)
         except (CheckpointError, ValueError) as e:
             raise UserError(str(e)) from None
+    source = ReplaySource(replay) if replay is not None else None
     safe = SafeRobot(driver, limits)
     rate = hz or setup.hz or driver.fps
     store = None
@@ -540,6 +542,7 @@ def _robot_session(
                     cameras=cams,
                     teleop=device,
                     policy=policy,
+                    source=source,
                     store=store,
                     task=task,
                     instruction=instruction,
@@ -555,7 +558,6 @@ def _robot_session(
                         steps_after_success=steps_after_success,
                         # a device without buttons (a leader arm) cannot say "start"
                         wait_for_start=wait_for_start and (device is None or device.has_events),
-                        replay=replay,
                     )
                 finally:
                     if device is not None:
