@@ -11,7 +11,7 @@ or a recording):
 `Session` keeps what every source shares: the operator's episode events (start, stop, discard,
 success, e-stop, quit), holding while a camera's frame is stale, the pace, saving, a lost
 connection and the status line; it asks the source for each action and never which source it
-has.
+has. `il/rig.py` builds a session from the names a user gives the CLI.
 
 The loop owns nothing slow: frames come from camera threads, episodes go to the DemoStore
 through a background writer, so saving an episode never stretches a control period, and a
@@ -102,6 +102,20 @@ class SessionReport:
     connection_lost: str | None = None
     """Why the session ended early: the robot stopped answering (None when it did not)."""
 
+    def lost_connection_message(self) -> str | None:
+        """The one line a user sees when the robot stopped answering: why, and what became of
+        the episode in flight (None when the connection held)."""
+        if self.connection_lost is None:
+            return None
+        last = self.episodes[-1] if self.episodes else None
+        fate = (
+            ""
+            if last is None or not last["steps"]
+            else f"; the episode in flight ({last['steps']} steps) was "
+            + ("kept" if last["saved"] else "discarded")
+        )
+        return f"{self.connection_lost}{fate}"
+
 
 @dataclass
 class Status:
@@ -119,6 +133,22 @@ class Status:
     saved: int = 0
     pending: int = 0
     message: str = ""
+
+    def line(self) -> str:
+        """One line, redrawn in place while the session runs."""
+        state = (
+            "E-STOP (reset to continue)"
+            if self.estopped
+            else ("recording" if self.recording else "waiting for start")
+            if self.mode == "teleop"
+            else self.mode
+        )
+        return (
+            f"episode {self.episode} | {state} | {self.seconds:5.1f} s | "
+            f"{self.hz:5.1f} Hz | overruns {self.overruns} | saved {self.saved}"
+            + (f" (+{self.pending} saving)" if self.pending else "")
+            + (" | OPERATOR" if self.intervening else "")
+        )
 
 
 @dataclass
