@@ -6,11 +6,12 @@ that says what is wrong and how to fix it; tracebacks are for bugs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -385,19 +386,24 @@ def record(
     if robot is not None:
         if teleop is None:
             raise UserError("recording from --robot needs --teleop (keyboard, gamepad, spacemouse)")
-        _robot_session(
-            robot=robot,
-            on_disconnect=on_disconnect,
-            camera=camera,
-            image_size=image_size,
-            hz=hz,
-            safety=safety,
-            teleop=teleop,
-            out=out,
-            episodes=episodes,
-            max_steps=max_episode_steps or 500,
-            wait_for_start=True,
-        )
+        from il.rig import RigError, make_rig
+
+        try:
+            rig = make_rig(
+                robot, cameras=camera, image_size=image_size, hz=hz, safety=safety, teleop=teleop
+            )
+            with _status_line() as show:
+                report = rig.run(
+                    out=out,
+                    episodes=episodes,
+                    max_steps=max_episode_steps or 500,
+                    wait_for_start=True,
+                    on_disconnect=on_disconnect,
+                    on_status=show,
+                )
+        except RigError as e:
+            raise UserError(str(e)) from None
+        _print_session(report, out, policy=False)
         return
 
     suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs, tasks)
@@ -438,139 +444,24 @@ def record(
     )
 
 
-def _robot_session(
-    *,
-    robot: str,
-    camera: tuple[str, ...],
-    image_size: int,
-    hz: float | None,
-    safety: str | None,
-    teleop: str | None,
-    out: str | None,
-    episodes: int | None,
-    on_disconnect: str,
-    max_steps: int,
-    wait_for_start: bool,
-    checkpoint: str | None = None,
-    act_ahead: int = 0,
-    acting: tuple[str, ...] = (),
-    steps_after_success: int | None = None,
-    replay: list | None = None,
-) -> None:
-    """Build robot, safety filter, cameras, teleop, store and policy; run the loop with a live
-    status line; print what happened."""
+@contextlib.contextmanager
+def _status_line() -> Iterator[Callable[[Any], None]]:
+    """A robot session's live status on stderr, redrawn in place and gone when it ends."""
     from rich.live import Live
 
-    from il.data.store import DemoStore, StoreError
-    from il.session import Session, robot_schema
-    from robots.base import DriverError
-    from robots.registry import default_safety, load_robot_config, make_camera, make_robot
-    from robots.safety import SafeRobot, SafetyConfig
+    with Live("", console=err_console, refresh_per_second=5, transient=True) as live:
+        yield lambda status: live.update(status.line())
 
-    try:
-        setup = load_robot_config(robot)
-        driver = make_robot(setup.robot, **setup.options)
-        limits = (
-            SafetyConfig.from_yaml(safety)
-            if safety is not None
-            else setup.safety or default_safety(driver)
-        )
-        device = _make_teleop(teleop) if teleop is not None else None
-    except (DriverError, ValueError, OSError) as e:
-        raise UserError(str(e)) from None
-    # --camera picks cameras (with the setup's settings where it names them); none: the setup's.
-    by_name = {c["name"]: c for c in setup.cameras}
-    camera_specs = (
-        [by_name.get(c, {"name": c, "size": image_size}) for c in camera]
-        if camera
-        else setup.cameras
-    )
-    policy = None
-    if checkpoint is not None:
-        from il.policies.base import CheckpointError
-        from il.policies.registry import load_policy
 
-        try:
-            policy = load_policy(checkpoint, acting=acting)
-            policy.set_act_ahead(act_ahead)
-        except (CheckpointError, ValueError) as e:
-            raise UserError(str(e)) from None
-    safe = SafeRobot(driver, limits)
-    rate = hz or setup.hz or driver.fps
-    store = None
-    try:
-        with safe:
-            cams = [
-                make_camera(driver, spec["name"], **{k: v for k, v in spec.items() if k != "name"})
-                for spec in camera_specs
-            ]
-            for cam in cams:
-                cam.start()
-            for cam in cams:
-                cam.wait_first()  # type: ignore[attr-defined]
-            if out is not None:
-                sizes = {c.name: (c.intrinsics.width, c.intrinsics.height) for c in cams}
-                store = DemoStore.open_or_create(out, robot_schema(safe, cams, sizes, rate))
-            task = getattr(driver, "task", "")
-            instruction = getattr(driver, "instruction", "")
-
-            def show(status: Any) -> None:
-                state = (
-                    "E-STOP (reset to continue)"
-                    if status.estopped
-                    else ("recording" if status.recording else "waiting for start")
-                    if status.mode == "teleop"
-                    else status.mode
-                )
-                line = (
-                    f"episode {status.episode} | {state} | {status.seconds:5.1f} s | "
-                    f"{status.hz:5.1f} Hz | overruns {status.overruns} | saved {status.saved}"
-                    + (f" (+{status.pending} saving)" if status.pending else "")
-                    + (" | OPERATOR" if status.intervening else "")
-                )
-                live.update(line)
-
-            with Live("", console=err_console, refresh_per_second=5, transient=True) as live:
-                session = Session(
-                    safe,
-                    hz=rate,
-                    cameras=cams,
-                    teleop=device,
-                    policy=policy,
-                    store=store,
-                    task=task,
-                    instruction=instruction,
-                    on_status=show,
-                    on_disconnect=on_disconnect,
-                )
-                if device is not None:
-                    device.connect()
-                try:
-                    report = session.run(
-                        episodes=episodes,
-                        max_steps=max_steps,
-                        steps_after_success=steps_after_success,
-                        # a device without buttons (a leader arm) cannot say "start"
-                        wait_for_start=wait_for_start and (device is None or device.has_events),
-                        replay=replay,
-                    )
-                finally:
-                    if device is not None:
-                        device.disconnect()
-                    for cam in cams:
-                        cam.stop()
-    except (DriverError, StoreError) as e:
-        raise UserError(str(e)) from None
-    finally:
-        if store is not None:
-            store.close()
+def _print_session(report: Any, out: str | None, *, policy: bool) -> None:
+    """The closing line of a robot session; a lost connection is then the one-line error."""
     loop = report.loop
     console.print(
         f"{report.saved} episodes saved ({report.successes} successful), "
         f"{report.discarded} discarded; {report.steps} steps at "
         f"{loop.get('achieved_hz', 0):.1f} Hz, "
         f"jitter p99 {loop.get('jitter_p99_ms', 0):.2f} ms, {loop.get('overruns', 0)} overruns"
-        + (f"; {report.intervention_steps} steps by the operator" if policy is not None else "")
+        + (f"; {report.intervention_steps} steps by the operator" if policy else "")
         + (
             f"; safety: {report.safety.get('rejections')}"
             if report.safety.get("rejections")
@@ -578,32 +469,9 @@ def _robot_session(
         )
         + (f"; into {out}" if out else "")
     )
-    if report.connection_lost is not None:
-        last = report.episodes[-1] if report.episodes else None
-        fate = (
-            ""
-            if last is None or not last["steps"]
-            else f"; the episode in flight ({last['steps']} steps) was "
-            + ("kept" if last["saved"] else "discarded")
-        )
-        raise UserError(f"{report.connection_lost}{fate}")
-
-
-def _make_teleop(teleop: str) -> Any:
-    from robots.teleop import make_teleop
-
-    path = Path(teleop)
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        if not path.exists():
-            raise ValueError(f"no teleop config at {path}")
-        options = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(options, dict):
-            raise ValueError(f"{path} is not a mapping of teleop options")
-        # `device` names the teleop when the file's name does not (aloha_leader.yaml: a leader)
-        return make_teleop(str(options.pop("device", path.stem)), **options)
-    return make_teleop(teleop)
+    lost = report.lost_connection_message()
+    if lost is not None:
+        raise UserError(lost)
 
 
 @app.command("deploy")
@@ -671,23 +539,26 @@ def deploy(
     """Run a policy on a robot through the safety filter; the operator can take over with
     --teleop (those steps are marked as interventions) or stop at once. ACTING: model.key=value
     changes to how the policy acts, as for il eval."""
-    _robot_session(
-        robot=robot,
-        on_disconnect=on_disconnect,
-        camera=camera,
-        image_size=image_size,
-        hz=hz,
-        safety=safety,
-        teleop=teleop,
-        out=out,
-        episodes=episodes or (None if teleop else 1),
-        max_steps=max_episode_steps,
-        wait_for_start=False,
-        checkpoint=checkpoint,
-        act_ahead=act_ahead,
-        acting=acting,
-        steps_after_success=steps_after_success,
-    )
+    from il.rig import RigError, make_rig
+
+    try:
+        rig = make_rig(
+            robot, cameras=camera, image_size=image_size, hz=hz, safety=safety, teleop=teleop
+        )
+        policy = rig.load_policy(checkpoint, act_ahead=act_ahead, acting=acting)
+        with _status_line() as show:
+            report = rig.run(
+                policy=policy,
+                out=out,
+                episodes=episodes or (None if teleop else 1),
+                max_steps=max_episode_steps,
+                steps_after_success=steps_after_success,
+                on_disconnect=on_disconnect,
+                on_status=show,
+            )
+    except RigError as e:
+        raise UserError(str(e)) from None
+    _print_session(report, out, policy=True)
 
 
 @app.command("replay")
@@ -710,6 +581,8 @@ def replay(
     """Send a recorded episode's actions to a robot, at the store's rate, through the safety
     filter; the scene is reset to the episode's seed where the robot can."""
     from il.data.store import DemoStore, StoreError
+    from il.rig import RigError, make_rig
+    from il.sources import ReplaySource
 
     try:
         store = DemoStore.open(path)
@@ -721,25 +594,15 @@ def replay(
                 f"{path} has {store.num_episodes} episodes (0..{store.num_episodes - 1}); "
                 f"--episode {episode} is not one of them"
             )
-        # a recording made with --action-noise executed `executed_action`, not its labels
-        key = "executed_action" if "executed_action" in store.schema.keys else "action"
-        steps = {"action": store.read_episode(episode, [key])[key]}
-        seed = int(store.episode_meta()["seed"][episode])
+        recording = ReplaySource.from_store(store, [episode])
         rate = hz or store.schema.fps or None
-    _robot_session(
-        robot=robot,
-        on_disconnect=on_disconnect,
-        camera=camera,
-        image_size=84,
-        hz=rate,
-        safety=safety,
-        teleop=teleop,
-        out=None,
-        episodes=1,
-        max_steps=len(steps["action"]),
-        wait_for_start=False,
-        replay=[(steps["action"], seed if seed >= 0 else None)],
-    )
+    try:
+        rig = make_rig(robot, cameras=camera, hz=rate, safety=safety, teleop=teleop)
+        with _status_line() as show:
+            report = rig.run(recording, on_disconnect=on_disconnect, on_status=show)
+    except RigError as e:
+        raise UserError(str(e)) from None
+    _print_session(report, None, policy=False)
 
 
 @app.command("info")

@@ -1,10 +1,17 @@
 """Driving a robot at a fixed rate: teleoperated recording, policy deployment, replay.
 
-All three verbs are one loop, differing only in who chooses the action:
+All three verbs are one loop, differing only in who chooses the action, the loop's
+`ActionSource` (il/sources.py: an operator, a policy, a policy an operator can take over from,
+or a recording):
 
-    observe robot + newest camera frames ─► operator / policy / recording ─► safety filter ─► arm
-            │                                                                        │
-            └────────────── per-step record (wall-clock stamps, overruns) ◄──────────┘
+    observe robot + newest camera frames ─► action source ─► safety filter ─► arm
+            │                                                                │
+            └──────────── per-step record (wall-clock stamps, overruns) ◄────┘
+
+`Session` keeps what every source shares: the operator's episode events (start, stop, discard,
+success, e-stop, quit), holding while a camera's frame is stale, the pace, saving, a lost
+connection and the status line; it asks the source for each action and never which source it
+has. `il/rig.py` builds a session from the names a user gives the CLI.
 
 The loop owns nothing slow: frames come from camera threads, episodes go to the DemoStore
 through a background writer, so saving an episode never stretches a control period, and a
@@ -22,7 +29,9 @@ from typing import Any
 import numpy as np
 
 from il.data.store import DemoStore, KeySpec, StoreSchema
+from il.sources import ActingPolicy, ActionSource, InterventionSource, PolicySource, TeleopSource
 from robots.base import (
+    ActionSpec,
     Camera,
     ConnectionLost,
     DriverError,
@@ -31,15 +40,11 @@ from robots.base import (
     Teleop,
     TeleopEvent,
     TeleopState,
-    teleop_action,
 )
 from robots.loop import BackgroundWriter, EpisodeBuffer, RateLoop
 from robots.safety import SafeRobot
 
 __all__ = ["Session", "SessionReport", "robot_schema"]
-
-Chooser = Callable[[dict[str, Any], TeleopState | None], tuple[np.ndarray, bool]]
-"""(policy observation, teleop reading) → (action, intervened)."""
 
 
 def robot_schema(
@@ -97,6 +102,20 @@ class SessionReport:
     connection_lost: str | None = None
     """Why the session ended early: the robot stopped answering (None when it did not)."""
 
+    def lost_connection_message(self) -> str | None:
+        """The one line a user sees when the robot stopped answering: why, and what became of
+        the episode in flight (None when the connection held)."""
+        if self.connection_lost is None:
+            return None
+        last = self.episodes[-1] if self.episodes else None
+        fate = (
+            ""
+            if last is None or not last["steps"]
+            else f"; the episode in flight ({last['steps']} steps) was "
+            + ("kept" if last["saved"] else "discarded")
+        )
+        return f"{self.connection_lost}{fate}"
+
 
 @dataclass
 class Status:
@@ -115,12 +134,56 @@ class Status:
     pending: int = 0
     message: str = ""
 
+    def line(self) -> str:
+        """One line, redrawn in place while the session runs."""
+        state = (
+            "E-STOP (reset to continue)"
+            if self.estopped
+            else ("recording" if self.recording else "waiting for start")
+            if self.mode == "teleop"
+            else self.mode
+        )
+        return (
+            f"episode {self.episode} | {state} | {self.seconds:5.1f} s | "
+            f"{self.hz:5.1f} Hz | overruns {self.overruns} | saved {self.saved}"
+            + (f" (+{self.pending} saving)" if self.pending else "")
+            + (" | OPERATOR" if self.intervening else "")
+        )
+
+
+@dataclass
+class _Episode:
+    """The episode in flight, as the report and the store's metadata describe it."""
+
+    index: int
+    mode: str
+    seed: int
+    success: bool = False
+    intervened: bool = False
+    steps: int = 0
+    success_at: int | None = None
+    """The step at which the robot first reported success."""
+
+    def summary(self, saved: bool) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "success": self.success,
+            "intervened": self.intervened,
+            "mode": self.mode,
+            "index": self.index,
+            "steps": self.steps,
+            "saved": saved,
+        }
+
 
 class Session:
-    """One robot, its cameras, an optional teleop device and policy, paced by a `RateLoop`.
+    """One robot, its cameras, an optional teleop device, and the source of its actions, paced
+    by a `RateLoop`.
 
-    `robot` must be a `SafeRobot`: the session cannot send a command any other way. With a
-    `store`, finished episodes are saved through a `BackgroundWriter`.
+    `robot` must be a `SafeRobot`: the session cannot send a command any other way. Without a
+    `source`, the session's arguments pick one: a `policy` acts (and the operator can take over
+    when there is a `teleop` device), else the operator drives. With a `store`, finished
+    episodes are saved through a `BackgroundWriter`.
     """
 
     def __init__(
@@ -130,7 +193,8 @@ class Session:
         hz: float,
         cameras: Sequence[Camera] = (),
         teleop: Teleop | None = None,
-        policy: Any = None,
+        policy: ActingPolicy | None = None,
+        source: ActionSource | None = None,
         store: DemoStore | None = None,
         task: str = "",
         instruction: str = "",
@@ -142,10 +206,14 @@ class Session:
             raise ValueError(f"on_disconnect is keep or discard, not {on_disconnect!r}")
         if not isinstance(robot, SafeRobot):
             raise TypeError("Session drives robots only through a SafeRobot (the safety filter)")
+        if source is not None and policy is not None:
+            raise ValueError("give a Session its policy or its source, not both")
         self.robot = robot
         self.cameras = list(cameras)
         self.teleop = teleop
-        self.policy = policy
+        self.source = source or _source_for(robot.action_spec, policy, teleop, task)
+        if self.source.needs_teleop and teleop is None:
+            raise ValueError(f"a {self.source.mode} session needs a teleop device")
         self.store = store
         self.task, self.instruction = task, instruction
         self.loop = RateLoop(hz)
@@ -161,6 +229,10 @@ class Session:
             if store is not None
             else None
         )
+        self._buffer = EpisodeBuffer()
+        self._episode: _Episode | None = None
+        self._last: _Episode | None = None
+        """The episode in flight, else the one before: what the status line shows."""
 
     # --- one step ------------------------------------------------------------------------------
     def _observe(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -179,43 +251,101 @@ class Session:
             policy_obs[f"image/{cam.name}"] = frame.color
         return record, policy_obs
 
-    # --- episodes ------------------------------------------------------------------------------
-    def _begin_episode(self, seed: int | None) -> dict[str, Any]:
-        used = self.robot.home(seed)
-        self._reset_policy()
-        return {"seed": -1 if used is None else used, "success": False, "intervened": False}
-
-    def _reset_policy(self) -> None:
-        """A fresh history and action queue; task-conditioned policies are told the task."""
-        if self.policy is not None:
-            tasks = getattr(getattr(self.policy, "spec", None), "tasks", None)
-            self.policy.reset(task=self.task if tasks else None)
-
-    def _end_episode(
-        self, buffer: EpisodeBuffer, episode: dict[str, Any], save: bool, steps: int
-    ) -> None:
-        if save and steps > 0 and self._writer is not None:
-            if self.policy is None:
-                source = "teleop"
+    def _handle_events(self, reading: TeleopState | None) -> tuple[str | None, bool]:
+        """Act on the operator's events in order: (how the episode in flight ends, if it does:
+        "save" or "discard"; whether to quit). Those the loop has no use for go to the
+        source."""
+        finish: str | None = None
+        quit_session = False
+        for event in reading.events if reading is not None else ():
+            if event is TeleopEvent.ESTOP:
+                self.robot.estop()
+            elif event is TeleopEvent.RESET:
+                self.robot.reset_estop()
+            elif event is TeleopEvent.QUIT:
+                quit_session = True
+            elif event is TeleopEvent.START:
+                if self._episode is None:
+                    self._begin()
+            elif event is TeleopEvent.STOP:
+                if self._episode is not None:
+                    finish = "save"
+            elif event is TeleopEvent.DISCARD:
+                if self._episode is not None:
+                    finish = "discard"
+            elif event is TeleopEvent.SUCCESS:
+                if self._episode is not None:
+                    self._episode.success = True
             else:
-                source = "intervention" if episode["intervened"] else "policy"
+                self.source.on_event(event)
+        return finish, quit_session
+
+    def _record(
+        self,
+        episode: _Episode,
+        record: dict[str, Any],
+        asked: np.ndarray,
+        sent: np.ndarray,
+        intervened: bool,
+        wall_time: float,
+    ) -> dict[str, Any]:
+        """Count a step of `episode` and return what the store keeps of it (less its overrun,
+        known only once the step's time is up)."""
+        result = self.robot.last_result
+        self.report.steps += 1
+        self.report.intervention_steps += intervened
+        episode.intervened = episode.intervened or intervened
+        if "obs/success" in record and record["obs/success"][0] > 0.5:
+            episode.success = True
+            episode.success_at = episode.steps if episode.success_at is None else episode.success_at
+        episode.steps += 1
+        return {
+            **record,
+            "action": np.asarray(sent, dtype=np.float32),
+            "action_requested": np.asarray(asked, dtype=np.float32),
+            "time/step": np.float64(wall_time),
+            "intervention": np.bool_(intervened),
+            "safety_limited": np.bool_(bool(result is not None and result.reasons)),
+        }
+
+    # --- episodes ------------------------------------------------------------------------------
+    def _begin(self) -> None:
+        index = len(self.report.episodes)
+        used = self.robot.home(self.source.begin_episode(index))
+        self._episode = self._last = _Episode(
+            index=index, mode=self.source.mode, seed=-1 if used is None else used
+        )
+
+    def _end(self, save: bool) -> None:
+        episode, self._episode = self._episode, None
+        assert episode is not None
+        kept = save and episode.steps > 0
+        if kept and self._writer is not None:
             self._writer.submit(
-                buffer.stack(),
+                self._buffer.stack(),
                 {
                     "task": self.task,
                     "instruction": self.instruction,
-                    "success": episode["success"],
-                    "seed": episode["seed"],
-                    "source": source,
+                    "success": episode.success,
+                    "seed": episode.seed,
+                    "source": self.source.label(),
                 },
             )
-        if save and steps > 0:
+        if kept:
             self.report.saved += 1
-            self.report.successes += bool(episode["success"])
+            self.report.successes += bool(episode.success)
         else:
-            self.report.discarded += steps > 0
-        self.report.episodes.append({**episode, "steps": steps, "saved": save and steps > 0})
-        buffer.clear()
+            self.report.discarded += episode.steps > 0
+        self.report.episodes.append(episode.summary(kept))
+        self._buffer.clear()
+
+    def _over(self, episode: _Episode, max_steps: int, steps_after_success: int | None) -> bool:
+        """Whether `episode` ends after its latest step: the step limit, the source ran out, or
+        it went on long enough after the robot reported success."""
+        done = episode.steps >= max_steps or self.source.episode_over()
+        if episode.success_at is not None and steps_after_success is not None:
+            done = done or episode.steps - episode.success_at > steps_after_success
+        return done
 
     # --- the loop ------------------------------------------------------------------------------
     def run(
@@ -225,43 +355,28 @@ class Session:
         max_steps: int = 100_000,
         steps_after_success: int | None = None,
         wait_for_start: bool = False,
-        replay: Sequence[tuple[np.ndarray, int | None]] | None = None,
     ) -> SessionReport:
-        """Run until `episodes` episodes are saved, the operator quits, or (replay) the given
-        episodes are played. An episode ends when the operator stops or discards it, after
-        `max_steps` steps, or `steps_after_success` steps after the robot reports success.
-        With `wait_for_start`, every episode waits for the operator's start event (the arm
-        holds meanwhile); otherwise each begins at once."""
-        mode = "replay" if replay is not None else "deploy" if self.policy is not None else "teleop"
-        if replay is not None:
-            episodes = len(replay)
-        if mode == "teleop" and self.teleop is None:
-            raise ValueError("a teleop session needs a teleop device")
-        spec = self.robot.action_spec
-        buffer = EpisodeBuffer()
-        status = Status(mode=mode)
-        episode: dict[str, Any] | None = None
-        toggled = was_intervening = False
-        step_in_episode = 0
-        success_at: int | None = None
+        """Run until `episodes` episodes are saved (a recording: all it holds), or the operator
+        quits. An episode ends when the operator stops or discards it, after `max_steps` steps,
+        when the source runs out, or `steps_after_success` steps after the robot reports
+        success. With `wait_for_start`, every episode waits for the operator's start event (the
+        arm holds meanwhile); otherwise each begins at once."""
+        if self.source.episodes is not None:
+            episodes = self.source.episodes
+        status = Status(mode=self.source.mode)
         stale_since: float | None = None
         last_status = 0.0
 
-        def begin() -> None:
-            nonlocal episode, step_in_episode, success_at, toggled
-            index = len(self.report.episodes)
-            seed = replay[index][1] if replay is not None else None
-            episode = {**self._begin_episode(seed), "mode": mode, "index": index}
-            step_in_episode, success_at, toggled = 0, None, False
-
-        def end(save: bool) -> None:
-            nonlocal episode
-            assert episode is not None
-            self._end_episode(buffer, episode, save, step_in_episode)
-            episode = None
+        def next_episode() -> bool:
+            """After an episode ended: begin the next unless the session is done."""
+            if episodes is not None and self.report.saved >= episodes:
+                return False
+            if not wait_for_start:
+                self._begin()
+            return True
 
         if not wait_for_start:
-            begin()
+            self._begin()
         # Camera and writer threads hold the GIL for up to the switch interval (5 ms by default)
         # before the loop thread gets it back: a tenth of that keeps the loop on time.
         switch_interval = sys.getswitchinterval()
@@ -271,35 +386,15 @@ class Session:
             while True:
                 tick = self.loop.tick
                 reading = self.teleop.read() if self.teleop is not None else None
-                finish: str | None = None
-                quit_session = False
-                for event in reading.events if reading is not None else ():
-                    if event is TeleopEvent.ESTOP:
-                        self.robot.estop()
-                    elif event is TeleopEvent.RESET:
-                        self.robot.reset_estop()
-                    elif event is TeleopEvent.QUIT:
-                        quit_session = True
-                    elif event is TeleopEvent.START and episode is None:
-                        begin()
-                    elif event is TeleopEvent.STOP and episode is not None:
-                        finish = "save"
-                    elif event is TeleopEvent.DISCARD and episode is not None:
-                        finish = "discard"
-                    elif event is TeleopEvent.SUCCESS and episode is not None:
-                        episode["success"] = True
-                    elif event is TeleopEvent.INTERVENE:
-                        toggled = not toggled
+                finish, quit_session = self._handle_events(reading)
                 if quit_session:
-                    if episode is not None:
-                        end(save=mode != "teleop" and step_in_episode > 0)
+                    if self._episode is not None:
+                        self._end(save=self.source.keep_on_quit and self._episode.steps > 0)
                     break
                 if finish is not None:
-                    end(save=finish == "save")
-                    if episodes is not None and self.report.saved >= episodes:
+                    self._end(save=finish == "save")
+                    if not next_episode():
                         break
-                    if not wait_for_start:
-                        begin()
 
                 try:
                     record, policy_obs = self._observe()
@@ -315,74 +410,36 @@ class Session:
                     self.loop.wait()
                     continue
 
-                intervened = False
+                episode = self._episode
                 if episode is None:
-                    action = self.robot.hold()
-                elif replay is not None:
-                    actions = replay[episode["index"]][0]
-                    action = actions[step_in_episode]
-                elif self.policy is not None:
-                    intervened = toggled or bool(reading is not None and reading.active)
-                    if was_intervening and not intervened:
-                        # Handing back: the policy's history predates the operator's moves.
-                        self._reset_policy()
-                    if intervened:
-                        assert reading is not None
-                        action = teleop_action(reading, spec)
-                    else:
-                        action = np.asarray(self.policy.act(policy_obs), dtype=np.float64)
-                    was_intervening = intervened
+                    action, intervened = self.robot.hold(), False
                 else:
-                    assert reading is not None
-                    action = teleop_action(reading, spec)
-
+                    action, intervened = self.source.act(policy_obs, reading)
                 sent = self.robot.command(action)
-                result = self.robot.last_result
                 if episode is not None:
-                    self.report.steps += 1
-                    self.report.intervention_steps += intervened
-                    episode["intervened"] = episode["intervened"] or intervened
-                    if "obs/success" in record and record["obs/success"][0] > 0.5:
-                        episode["success"] = True
-                        success_at = step_in_episode if success_at is None else success_at
-                    step = {
-                        **record,
-                        "action": np.asarray(sent, dtype=np.float32),
-                        "action_requested": np.asarray(action, dtype=np.float32),
-                        "time/step": np.float64(tick.wall_time),
-                        "intervention": np.bool_(intervened),
-                        "safety_limited": np.bool_(bool(result is not None and result.reasons)),
-                    }
-                    step_in_episode += 1
+                    step = self._record(episode, record, action, sent, intervened, tick.wall_time)
 
                 overran = self.loop.wait()
                 if episode is not None:
                     if self._writer is not None:
-                        buffer.append({**step, "overrun": np.bool_(overran)})
-                    done = step_in_episode >= max_steps or (
-                        replay is not None and step_in_episode >= len(replay[episode["index"]][0])
-                    )
-                    if success_at is not None and steps_after_success is not None:
-                        done = done or step_in_episode - success_at > steps_after_success
-                    if done:
-                        end(save=True)
-                        if episodes is not None and self.report.saved >= episodes:
+                        self._buffer.append({**step, "overrun": np.bool_(overran)})
+                    if self._over(episode, max_steps, steps_after_success):
+                        self._end(save=True)
+                        if not next_episode():
                             break
-                        if not wait_for_start:
-                            begin()
 
                 now = tick.mono_time
                 if now - last_status > 0.2:
                     last_status = now
-                    self._update_status(status, episode, step_in_episode, intervened)
+                    self._update_status(status, intervened)
         except KeyboardInterrupt:
             pass  # the episode in flight is dropped; saved ones are drained below
         except ConnectionLost as e:
             # The arm is gone: nothing more can be sent. What was recorded up to the last
             # step is whole, so it is kept (marked unsuccessful) or dropped as the user chose.
             self.report.connection_lost = str(e)
-            if episode is not None:
-                end(save=self.on_disconnect == "keep" and step_in_episode > 0)
+            if self._episode is not None:
+                self._end(save=self.on_disconnect == "keep" and self._episode.steps > 0)
         finally:
             sys.setswitchinterval(switch_interval)
             try:
@@ -394,12 +451,11 @@ class Session:
                 self._close_writer()
         return self.report
 
-    def _update_status(
-        self, status: Status, episode: dict[str, Any] | None, steps: int, intervening: bool
-    ) -> None:
+    def _update_status(self, status: Status, intervening: bool) -> None:
         stats = self.loop.stats
-        status.episode = len(self.report.episodes) + (episode is not None)
-        status.recording = episode is not None
+        steps = self._last.steps if self._last is not None else 0
+        status.episode = len(self.report.episodes) + (self._episode is not None)
+        status.recording = self._episode is not None
         status.steps = steps
         status.seconds = steps / self.loop.hz
         recent = stats.mono_times[-50:]
@@ -418,3 +474,15 @@ class Session:
             self._writer.close()
             self.report.save_seconds = list(self._writer.save_seconds)
             self.report.submit_seconds = list(self._writer.submit_seconds)
+
+
+def _source_for(
+    spec: ActionSpec, policy: ActingPolicy | None, teleop: Teleop | None, task: str
+) -> ActionSource:
+    """The source a session given no `source` uses: its policy, which the operator can take
+    over from when there is a teleop device; without a policy, the operator."""
+    if policy is None:
+        return TeleopSource(spec)
+    if teleop is not None:
+        return InterventionSource(policy, spec, task=task)
+    return PolicySource(policy, task=task)
