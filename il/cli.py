@@ -596,8 +596,10 @@ def replay(
             )
         recording = ReplaySource.from_store(store, [episode])
         rate = hz or store.schema.fps or None
+        convention, width = store.schema.action, store.schema.keys["action"].shape[0]
     try:
         rig = make_rig(robot, cameras=camera, hz=rate, safety=safety, teleop=teleop)
+        rig.accept_actions(convention, width, f"the recording {path}")
         with _status_line() as show:
             report = rig.run(recording, on_disconnect=on_disconnect, on_status=show)
     except RigError as e:

@@ -15,7 +15,7 @@ a `RigError`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from il.data.store import DemoStore, StoreError
 from il.session import Session, SessionReport, Status, robot_schema
 from il.sources import ActingPolicy, ActionSource
+from robots.action import ActionMismatch, check_actions
 from robots.base import Camera, DriverError, Robot, Teleop
 from robots.registry import default_safety, load_robot_config, make_camera, make_robot
 from robots.safety import SafeRobot, SafetyConfig
@@ -50,6 +51,24 @@ class Rig:
     camera_specs: list[dict[str, Any]]
     """Each camera's `make_camera` arguments (`name` and its settings)."""
     teleop: Teleop | None = None
+    name: str = "the robot"
+    """How the user named the robot (`ur:192.168.1.10`), for messages."""
+
+    def accept_actions(self, convention: Mapping[str, Any], dim: int, producer: str) -> None:
+        """Refuse, in one line naming both conventions, actions that mean something else to
+        this robot than to whatever produced them (a checkpoint, a recording): the one check
+        between actions and an arm, done before anything connects."""
+        try:
+            check_actions(
+                convention,
+                self.robot.action_spec,
+                producer,
+                f"robot {self.name}",
+                produced_dim=dim,
+                fix="use a policy or recording made for this robot's action convention",
+            )
+        except ActionMismatch as e:
+            raise RigError(str(e)) from None
 
     def load_policy(
         self, checkpoint: str | Path, *, act_ahead: int = 0, acting: Sequence[str] = ()
@@ -63,9 +82,10 @@ class Rig:
         try:
             policy = load_policy(checkpoint, acting=acting)
             policy.set_act_ahead(act_ahead)
-            # the checkpoint meets the robot here
         except (CheckpointError, ValueError) as e:
             raise RigError(str(e)) from None
+        spec = policy.spec
+        self.accept_actions(spec.action, spec.action_dim, f"the checkpoint {checkpoint}")
         return policy
 
     def run(
@@ -164,7 +184,7 @@ def make_rig(
         raise RigError(str(e)) from None
     by_name = {c["name"]: c for c in setup.cameras}
     chosen = [by_name.get(c, {"name": c, "size": image_size}) for c in cameras] or setup.cameras
-    return Rig(driver, safe, hz or setup.hz or driver.fps, chosen, device)
+    return Rig(driver, safe, hz or setup.hz or driver.fps, chosen, device, robot)
 
 
 def _make_teleop(teleop: str) -> Teleop:

@@ -1,12 +1,26 @@
 """The action convention: one typed spec, its JSON form in stores and checkpoints (older forms
-included), and the one check that refuses actions meant for something else."""
+included), and the one check that refuses actions meant for something else — wherever a
+checkpoint or a recording meets an env or a robot, before anything moves."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import config_for
 
+import envs
+from il.policies.registry import preset
+from il.record import record_expert
+from il.train import load_config, train
 from robots.action import ActionMismatch, ActionSpec, check_actions
+from robots.emulators.servo_bus import ServoBusEmulator
+from robots.servo import get_model
+
+IL = [sys.executable, "-m", "il.cli"]
 
 EE = ActionSpec(
     "ee_delta",
@@ -82,3 +96,68 @@ def test_what_is_not_stated_is_not_compared() -> None:
     check_actions(None, EE, "an old checkpoint", "the arm", produced_dim=4)
     with pytest.raises(ActionMismatch, match="4"):
         check_actions(None, EE, "an old checkpoint", "the arm", produced_dim=7)
+
+
+# --- where a checkpoint or a recording meets an env or a robot ----------------------------------
+@pytest.fixture(scope="module")
+def metaworld_checkpoint(store_path, tmp_path_factory) -> Path:
+    """BC on Meta-World: end-effector deltas."""
+    out = tmp_path_factory.mktemp("ee") / "bc"
+    train(config_for(store_path, out, "train.steps=2", "train.save_every=2"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def maze_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A maze store and a procedure-cloning checkpoint on it: discrete moves."""
+    root = tmp_path_factory.mktemp("maze")
+    store = root / "maze.zarr"
+    record_expert(envs.suite("maze/tunnel16/1"), str(store), episodes_per_task=1)
+    out = root / "pc"
+    overrides = [f"data.path={store}", f"out={out}", "train.steps=2", "train.batch_size=4"]
+    small = ["train.val_fraction=0", "model.width=4"]
+    config = load_config("pc-maze", preset("pc-maze"), [*overrides, *small])
+    train(config)
+    return store, out
+
+
+def il_fails(*args: str) -> str:
+    """Run `il`; it must stop with one line, exit status 2. Returns that line."""
+    proc = subprocess.run([*IL, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    return lines[0]
+
+
+def test_an_end_effector_checkpoint_never_reaches_a_joint_position_arm(metaworld_checkpoint):
+    koch = get_model("koch")
+    motors = {m.id: m.model for m in (*koch.motors, *koch.shadows)}
+    with ServoBusEmulator("dynamixel", motors) as bus:
+        line = il_fails(
+            "deploy", "--checkpoint", str(metaworld_checkpoint), "--robot", f"dynamixel:{bus.port}"
+        )
+        assert "ee_delta" in line and "joint_absolute" in line and "different kind" in line
+        assert sum(bus.instructions.values()) == 0  # not one packet reached the bus
+        assert not any(bus.torque(i) for i in motors)
+
+
+def test_a_discrete_checkpoint_is_refused_by_a_continuous_env(maze_run):
+    _, checkpoint = maze_run
+    line = il_fails("eval", "--checkpoint", str(checkpoint), "--env", "metaworld/MT10")
+    assert "discrete (up, right, down, left)" in line and "ee_delta" in line
+
+
+def test_a_recording_is_replayed_only_on_a_robot_of_its_convention(maze_run):
+    store, _ = maze_run
+    line = il_fails("replay", str(store), "--robot", "sim:metaworld/reach-v3")
+    assert "the recording" in line and "discrete" in line and "ee_delta" in line
+
+
+def test_a_checkpoint_of_the_same_convention_passes(metaworld_checkpoint):
+    from il.rig import make_rig
+
+    rig = make_rig("sim:metaworld/reach-v3")  # takes Meta-World's actions, as the env does
+    policy = rig.load_policy(metaworld_checkpoint)
+    assert policy.spec.action_spec.mismatch(rig.robot.action_spec) is None
