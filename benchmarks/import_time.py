@@ -33,38 +33,31 @@ ROOT = Path(__file__).resolve().parents[1]
 WATCHED = ("metaworld", "mujoco", "il.methods", "envs.experts", "gymnasium")
 
 
-def make_checkpoint(folder: Path) -> Path:
-    """A BC checkpoint for MT10 from state with random weights (what is loaded does not depend
-    on the weights)."""
+def make_checkpoint(folder: Path, port: str) -> Path:
+    """A BC checkpoint for a Koch arm (joint positions in, joint positions out), random weights:
+    what is loaded does not depend on the weights."""
     import numpy as np
 
     from il.data.normalize import KeyStats, Normalizer
     from il.policies.base import DataSpec
     from il.train import load_config, policy_class
+    from robots.registry import make_robot
 
-    config = load_config("bc", ROOT / "configs" / "bc.yaml")
+    arm = make_robot(f"dynamixel:{port}")  # not connected: its convention is known already
+    dim = arm.action_spec.dim
     spec = DataSpec(
-        obs_shapes={"obs/joint_pos": [6]},
-        action_dim=6,
-        action={
-            "type": "joint_absolute",
-            "names": ["j0", "j1", "j2", "j3", "j4", "gripper"],
-            "units": ["deg"] * 5 + ["%"],
-            "low": [-180.0] * 5 + [0.0],
-            "high": [180.0] * 5 + [100.0],
-            "frame": "joint",
-        },
+        obs_shapes={"obs/joint_pos": [dim]}, action_dim=dim, action=arm.action_spec.to_json()
     )
 
-    def stats(dim: int) -> KeyStats:
-        return KeyStats(-np.ones(dim), np.ones(dim), np.zeros(dim), np.ones(dim), 1)
+    def stats(n: int) -> KeyStats:
+        return KeyStats(-np.ones(n), np.ones(n), np.zeros(n), np.ones(n), 1)
 
     normalizer = Normalizer(
-        {"obs/joint_pos": stats(6), "action": stats(6)},
+        {"obs/joint_pos": stats(dim), "action": stats(dim)},
         {"obs/joint_pos": "mean_std", "action": "min_max"},
     )
-    policy = policy_class("bc")(config.model, spec, normalizer)
-    return policy.save(folder / "bc")
+    config = load_config("bc", ROOT / "configs" / "bc.yaml")
+    return policy_class("bc")(config.model, spec, normalizer).save(folder / "bc")
 
 
 def run(command: list[str]) -> tuple[float, float, set[str], int]:
@@ -99,16 +92,10 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = make_checkpoint(Path(tmp))
-        deploy = [
-            "-m",
-            "il.cli",
-            "deploy",
-            "--checkpoint",
-            str(checkpoint),
-            "--robot",
-            f"dynamixel:{tmp}/no-such-port",
-        ]
+        port = f"{tmp}/no-such-port"
+        checkpoint = make_checkpoint(Path(tmp), port)
+        deploy = ["-m", "il.cli", "deploy", "--checkpoint", str(checkpoint)]
+        deploy += ["--robot", f"dynamixel:{port}"]
         cases = [
             ("baseline: import numpy", ["-c", "import numpy"]),
             ("il --help", ["-m", "il.cli", "--help"]),
@@ -132,7 +119,7 @@ def main() -> None:
             )
     print_table(
         f"Start-up of a command, median of {args.repeats} fresh processes ({cpu()})",
-        ["command", "wall s", "imports s", "modules", "of " + ", ".join(WATCHED), "exit"],
+        ["command", "wall s", "imports s", "modules", "simulator or methods", "exit"],
         rows,
         args.markdown,
     )
