@@ -18,14 +18,14 @@ Protocol, all through il's own pieces:
    `eval_seed...`, whose variations are disjoint from the demonstrations' (a task has 50
    variations, and seed s plays variation s mod 50).
 
-Everything lands in the output folder: both stores, the encoders, a folder per (method, demos,
-seed) with its checkpoint and `result.json`, and `results.md`, `results.json`, `success.png`.
+Everything lands in the output folder: both stores, the encoders (an `il pretrain` run folder
+per objective, with its checkpoint and metrics), a run folder per (method, demos, seed) with its
+checkpoint and `result.json`, and `results.md`, `results.json`, `success.png`.
 A re-run skips what is finished.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,6 +44,8 @@ METHODS = ("id", "bc", "fd-implicit", "contrastive", "fd-explicit", "scratch", "
 """Pretraining objectives, then the two references (no pretraining)."""
 VARIATIONS = 50
 """Variations per Meta-World task: episode seed s plays variation s mod 50."""
+CHECKPOINT = "checkpoints/last/policy.json"
+"""What a finished run (pretraining or fine-tuning) leaves: its one, final checkpoint."""
 
 
 @dataclass
@@ -173,11 +175,11 @@ def _record(config: Config, store: Path, tasks: list[str], episodes: int, seed: 
 
 
 def _pretrain(config: Config, out: Path, store: Path, objective: str) -> dict[str, Any]:
-    from il.methods.id_pretraining.pretraining import PretrainConfig, pretrain
+    """The encoder run of `objective` (made unless finished); its figures from its metrics."""
+    from il.methods.id_pretraining.pipeline import PretrainConfig, pretrain, pretraining_metrics
 
     folder = out / "encoders" / objective
-    description = folder / "encoder.json"
-    if not start_over_unless(folder, "encoder.json"):
+    if not start_over_unless(folder, CHECKPOINT):
         pc = PretrainConfig(
             objective=objective,
             data=str(store),
@@ -190,20 +192,20 @@ def _pretrain(config: Config, out: Path, store: Path, objective: str) -> dict[st
         )
         pc.encoder.channels = list(config.channels)
         pretrain(pc)
-    return json.loads(description.read_text())["metrics"]
+    return pretraining_metrics(folder)
 
 
 def _finetune_and_evaluate(
     config: Config, out: Path, store: Path, method: str, n: int, seed: int
 ) -> dict[str, Any]:
     from il.evaluate import evaluate_checkpoint
-    from il.methods.id_pretraining.pretraining import FewShotConfig, fewshot
+    from il.methods.id_pretraining.pipeline import FewShotConfig, fewshot
 
     folder = out / "runs" / method / f"{n}-demos" / f"seed{seed}"
     if (done := finished(folder)) is not None:
         return done
     t0 = time.perf_counter()
-    if not start_over_unless(folder, "policy.json"):
+    if not start_over_unless(folder, CHECKPOINT):
         fc = FewShotConfig(
             encoder=method if method in ("scratch", "state") else str(out / "encoders" / method),
             data=str(store),
