@@ -1141,7 +1141,7 @@ def fewshot_(
     except PretrainError as e:
         raise UserError(str(e)) from None
     console.print(f"checkpoint: {folder}")
-    console.print(f"evaluate it: il eval --checkpoint {folder}")
+    console.print(f"evaluate it: il eval --checkpoint {config.out}")
 
 
 @app.command("experiment")

@@ -43,12 +43,14 @@ from il.policies.base import (
 from il.policies.blocks import MLP, ConvKeypointEncoder
 
 __all__ = [
+    "DYNAMICS",
     "OBJECTIVES",
     "EncoderConfig",
     "EncoderPretraining",
     "EncoderPretrainingConfig",
     "PretrainError",
     "PretrainedEncoder",
+    "check_objective",
     "info_nce",
     "pairs_used",
     "read_encoder",
@@ -88,6 +90,7 @@ class EncoderConfig:
 
 
 def check_objective(objective: str, frame_gap: int) -> None:
+    """A `ValueError` naming the fix where the objective or its frame gap cannot be trained."""
     if objective not in OBJECTIVES:
         raise ValueError(
             f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)} "

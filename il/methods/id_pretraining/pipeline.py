@@ -40,8 +40,10 @@ from il.train import ConfigError, DataConfig, RunConfig, TrainConfig, train
 
 __all__ = [
     "REFERENCES",
+    "EncoderConfig",
     "FewShotConfig",
     "PretrainConfig",
+    "PretrainError",
     "fewshot",
     "load_options",
     "pretrain",
@@ -335,7 +337,7 @@ def _plain_adam(**fields: Any) -> TrainConfig:
 def _train(run: RunConfig, on_step: StepCallback | None) -> Path:
     checkpoints = Path(run.out) / "checkpoints"
     if checkpoints.exists() and any(checkpoints.iterdir()):
-        raise PretrainError(f"{run.out} already holds a run; choose another out= or remove it")
+        raise PretrainError(f"{run.out} already holds a run; choose another --out or remove it")
 
     def report(step: int, metrics: dict[str, float]) -> None:
         if on_step is not None:
