@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -234,6 +233,7 @@ def eval_(
     from il.evaluate import checkpoint_suite, evaluate, evaluate_checkpoint
     from il.policies.base import CheckpointError, read_description, resolve_checkpoint
     from il.policies.expert import expert_for_task
+    from il.policies.registry import check_acts
 
     if (checkpoint is None) == (policy is None):
         raise UserError("give either --checkpoint RUN_OR_CHECKPOINT or --policy expert")
@@ -253,6 +253,7 @@ def eval_(
             try:
                 folder = resolve_checkpoint(checkpoint)
                 learned = read_description(folder)
+                check_acts(folder)
                 spec = learned["spec"]
                 chosen = checkpoint_suite(
                     spec["env"], spec.get("tasks") or [], suite=env, split=split, tasks=names
@@ -843,7 +844,7 @@ def _pretrain_config(
 
     import il.methods.id_pretraining as method
     from il.config import load_yaml
-    from il.methods.id_pretraining.pretraining import PretrainError, load_options
+    from il.methods.id_pretraining.pipeline import PretrainError, load_options
 
     user = Path("configs") / "id_pretrain.yaml"
     preset = Path(str(method.__file__)).parent / "id_pretrain.yaml"
@@ -873,7 +874,12 @@ def pretrain_(
     """Pretrain an image encoder on a multitask DemoStore (inverse dynamics and the objectives
     it is compared with); fine-tune it with `il fewshot`. OVERRIDES are key=value, e.g.
     steps=5000 frame_gap=2 held_out=[door-lock-v3] encoder.channels=[16,32,32,32]."""
-    from il.methods.id_pretraining.pretraining import PretrainConfig, PretrainError, pretrain
+    from il.methods.id_pretraining.pipeline import (
+        PretrainConfig,
+        PretrainError,
+        pretrain,
+        pretraining_metrics,
+    )
 
     extra = [*overrides]
     extra += [f"objective={objective}"] if objective else []
@@ -890,7 +896,7 @@ def pretrain_(
             folder = pretrain(config, on_step)
     except PretrainError as e:
         raise UserError(str(e)) from None
-    metrics = json.loads((folder / "encoder.json").read_text())["metrics"]
+    metrics = pretraining_metrics(folder)
     console.print(
         f"encoder: {folder}; held-out {config.objective} loss "
         f"{metrics['val_loss_start']:.4f} → {metrics['val_loss_end']:.4f}"
@@ -902,7 +908,8 @@ def pretrain_(
 @click.option(
     "--encoder",
     default=None,
-    help="An encoder folder of `il pretrain`, or scratch, or state (sets encoder=).",
+    help="A run folder of `il pretrain` (its encoder checkpoint), or scratch, or state "
+    "(sets encoder=).",
 )
 @click.option(
     "--demos", type=click.IntRange(min=1), default=None, help="Demonstrations used (sets demos=)."
@@ -919,7 +926,7 @@ def fewshot_(
     """Fit a BC head on a few demos of a new task over a frozen pretrained encoder; the result
     is a policy checkpoint for `il eval` and `il deploy`. OVERRIDES are key=value, e.g.
     steps=10000 seed=1."""
-    from il.methods.id_pretraining.pretraining import FewShotConfig, PretrainError, fewshot
+    from il.methods.id_pretraining.pipeline import FewShotConfig, PretrainError, fewshot
 
     extra = [*overrides]
     extra += [f"encoder={encoder}"] if encoder else []
@@ -929,8 +936,9 @@ def fewshot_(
     try:
         config = _pretrain_config(FewShotConfig, "fewshot", config_file, extra)
         with _progress("fewshot") as bar:
-            steps = config.scratch_steps if config.encoder == "scratch" else config.steps
-            job = bar.add_task(f"{config.encoder} → {config.out}", total=steps, status="")
+            job = bar.add_task(
+                f"{config.encoder} → {config.out}", total=config.train_steps, status=""
+            )
 
             def on_step(step: int, metrics: dict[str, float]) -> None:
                 bar.update(job, completed=step, status=f"loss {metrics['loss']:.4f}")
@@ -939,7 +947,7 @@ def fewshot_(
     except PretrainError as e:
         raise UserError(str(e)) from None
     console.print(f"checkpoint: {folder}")
-    console.print(f"evaluate it: il eval --checkpoint {folder}")
+    console.print(f"evaluate it: il eval --checkpoint {config.out}")
 
 
 @app.command("experiment")

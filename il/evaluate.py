@@ -413,10 +413,11 @@ def evaluate_checkpoint(
     variations. `act_ahead`: roll out as a deployment with `Policy.set_act_ahead` would.
     `acting`: `model.key=value` changes to how it acts (see `load_policy`)."""
     from il.policies.base import resolve_checkpoint
-    from il.policies.registry import load_policy
+    from il.policies.registry import check_acts, load_policy
     from robots.action import check_actions
 
     folder = resolve_checkpoint(checkpoint)
+    check_acts(folder)  # a pretrained encoder is refused here, in one line
     policy = load_policy(folder, acting=acting)  # bad values fail here, before any worker starts
     policy.set_act_ahead(act_ahead)
     env = policy.spec.env

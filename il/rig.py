@@ -77,9 +77,10 @@ class Rig:
         `act_ahead` steps ahead. It is loaded before the arm is connected, so a checkpoint that
         does not fit this robot is a one-line error before the arm can move."""
         from il.policies.base import CheckpointError
-        from il.policies.registry import load_policy
+        from il.policies.registry import check_acts, load_policy
 
         try:
+            check_acts(checkpoint)  # a checkpoint that cannot act (an encoder) stops here
             policy = load_policy(checkpoint, acting=acting)
             policy.set_act_ahead(act_ahead)
         except (CheckpointError, ValueError) as e:

@@ -2,7 +2,9 @@
 
 One loop for every method (it only ever calls `policy.loss`): AdamW with warm-up and a cosine
 schedule, gradient clipping, an exponential moving average of the weights (the EMA weights are
-what checkpoints hold and evaluation uses), AMP on CUDA, DDP when started by `torchrun`.
+what checkpoints hold and evaluation uses), AMP on CUDA, DDP when started by `torchrun`. A
+method that starts from other weights (a pretrained encoder) loads them in
+`Policy.on_train_start`, which a fresh run calls once before its first step.
 
 Batches are drawn with replacement by a generator seeded with (seed, rank, step), so the data a
 step sees depends on nothing but its number: a run resumed from a checkpoint sees exactly the
@@ -68,6 +70,8 @@ class TrainConfig:
     """Fraction of episodes held out for the validation loss."""
     val_every: int = 1000
     val_batches: int = 8
+    val_at_start: bool = False
+    """Also measure the validation loss at step 0, before the first update (a fresh run)."""
     seed: int = 0
     num_workers: int = 0
     """DataLoader worker processes producing batches (0 = in the training process)."""
@@ -437,8 +441,12 @@ def train(
     _seed_everything(tc.seed + dist_info.rank)
     cls = policy_class(config.policy)
     data = prepare_data(config, config.model)
+    if tc.eval_every > 0 and cls.cannot_act:
+        raise ConfigError(f"train.eval_every: a {cls.name} run cannot act: {cls.cannot_act}")
     try:
         policy = cls(config.model, data.spec, data.normalizer).to(device)
+        if not resume:
+            policy.on_train_start()  # e.g. load pretrained weights; a resumed run has its own
     except (ValueError, text.TextModelMissing) as e:
         raise ConfigError(f"model: {e}") from None
     ema = EMA(policy, tc.ema_decay) if tc.ema_decay > 0 else None
@@ -465,6 +473,8 @@ def train(
         save_config(config, out / "config.yaml")
     logger = _Logger(out, enabled=dist_info.main, resume=resume)
     batches = _loader(data, tc, dist_info.rank, start, device)
+    if tc.val_at_start and start == 0 and data.val is not None:
+        logger.log(0, "val", {"loss": _validate(ema.model if ema else policy, data, tc, device)})
     policy.train()
     last_dir = checkpoints / "last"
     t0 = time.perf_counter()

@@ -3,7 +3,6 @@ held-out split, and the whole pretrain → fine-tune → checkpoint pipeline on 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,22 +10,31 @@ import pytest
 import torch
 
 import envs
+from il.data.normalize import Normalizer
+from il.data.sampler import WindowSampler, window_spec
+from il.data.store import DemoStore
 from il.experiments import ExperimentError, load, make_config
-from il.methods.id_pretraining.pretraining import (
+from il.methods.id_pretraining.objectives import (
     OBJECTIVES,
+    EncoderPretraining,
+    EncoderPretrainingConfig,
+    pairs_used,
+)
+from il.methods.id_pretraining.pipeline import (
     FewShotConfig,
-    Frames,
     PretrainConfig,
-    Pretrainer,
     PretrainError,
     fewshot,
     load_options,
     pretrain,
+    pretraining_metrics,
 )
+from il.policies.base import DataSpec, read_description
 from il.policies.blocks import ConvKeypointEncoder, random_crop
 from il.policies.registry import load_policy
 from il.record import record_expert
 
+CAMERA = "obs/image/corner"
 TINY = ["encoder.channels=[8,8,8,8]", "encoder.features=16", "hidden=[32]", "encoder.crop_pad=2"]
 
 
@@ -53,44 +61,66 @@ def test_random_crop_shifts_within_the_padding() -> None:
     assert len({tuple(c[0].flatten().tolist()) for c in cropped}) > 1
 
 
-def _synthetic_frames(n_episodes: int = 2, length: int = 8, size: int = 24) -> Frames:
-    """Frames whose content moves with the action, so every objective has something to fit."""
+def _synthetic_frames(
+    n_episodes: int = 2, length: int = 8, size: int = 24
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames (`n h w c` uint8) whose content moves with the action (`n 4`), so every objective
+    has something to fit."""
     g = torch.Generator().manual_seed(0)
     actions = torch.rand(n_episodes * length, 4, generator=g) * 2 - 1
     images = torch.zeros(n_episodes * length, size, size, 3, dtype=torch.uint8)
     for i, a in enumerate(actions):
         y, x = int((a[0] + 1) * (size - 5) / 2), int((a[1] + 1) * (size - 5) / 2)
         images[i, y : y + 4, x : x + 4] = 255
-    ends = np.arange(1, n_episodes + 1) * length
-    return Frames(images, actions, actions.clone(), ends - length, ends, ["a"])
+    return images, actions
+
+
+def _pair_batch(images: torch.Tensor, actions: torch.Tensor, t: list[int], gap: int) -> dict:
+    """The windows the sampler makes for anchors `t`: frames (t, t+gap), the action at t."""
+    index = torch.tensor(t)
+    return {
+        CAMERA: torch.stack([images[index], images[index + gap]], dim=1),  # b 2 h w c
+        f"{CAMERA}_is_pad": torch.zeros(len(t), 2, dtype=torch.bool),
+        "action": actions[index][:, None],
+        "action_is_pad": torch.zeros(len(t), 1, dtype=torch.bool),
+    }
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_each_objective_fits_a_tiny_batch(objective: str) -> None:
-    config = load_options(PretrainConfig, None, [f"objective={objective}", *TINY])
+    config = load_options(EncoderPretrainingConfig, None, [f"objective={objective}", *TINY])
     torch.manual_seed(0)
-    frames = _synthetic_frames(size=16)
-    model = Pretrainer(config, image_size=16, action_dim=4)
-    anchors = torch.from_numpy(frames.anchors(model.gap)[:8])
-    loss = model.loss(frames, anchors)
+    images, actions = _synthetic_frames(size=16)
+    spec = DataSpec(obs_shapes={CAMERA: [16, 16, 3]}, action_dim=4)
+    model = EncoderPretraining(config, spec, Normalizer({}, {}))
+    # the first 8 pairs (t, t+1) inside the two episodes of 8 steps
+    batch = _pair_batch(images, actions, [0, 1, 2, 3, 4, 5, 6, 8], gap=1)
+    loss, _ = model.loss(batch)
     assert loss.shape == () and torch.isfinite(loss)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.eval()  # no dropout or crop: a fixed batch must be fitted
-    first = float(model.loss(frames, anchors).detach())
+    first = float(model.loss(batch)[0].detach())
     for _ in range(25):
-        loss = model.loss(frames, anchors)
+        loss, _ = model.loss(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert float(model.loss(frames, anchors).detach()) < 0.8 * first
+    assert float(model.loss(batch)[0].detach()) < 0.8 * first
 
 
-def test_id_pairs_never_cross_an_episode() -> None:
-    frames = _synthetic_frames(n_episodes=3, length=5)
-    anchors = frames.anchors(3)
-    episode = np.searchsorted(frames.ends, anchors, side="right")
+def test_id_pairs_never_cross_an_episode(tmp_path) -> None:
+    store = _synthetic_store(tmp_path / "s.zarr", ["a"], episodes=3, length=5)
+    config = EncoderPretrainingConfig(objective="id", frame_gap=3)
+    keys = window_spec([CAMERA], 1, ["action"], 1, EncoderPretraining.extra_keys(config))
+    sampler = WindowSampler(store, keys)
+    windows = {k: torch.from_numpy(v) for k, v in sampler.batch(np.arange(len(sampler))).items()}
+    used = np.flatnonzero(pairs_used(windows, CAMERA).numpy())  # what the loss learns from
+    pairs = np.array([sampler.steps(int(i), CAMERA)[0][[0, -1]] for i in used])  # (t, t+3)
+    anchors, ends = pairs[:, 0], DemoStore.open(store).episode_ends
+    episode = np.searchsorted(ends, anchors, side="right")
     assert len(anchors) == 3 * 2
-    assert np.all(anchors + 3 < frames.ends[episode])
+    assert np.all(anchors + 3 < ends[episode])
+    assert np.all(pairs[:, 1] == anchors + 3)
 
 
 def test_config_errors_are_one_line() -> None:
@@ -138,13 +168,13 @@ def _synthetic_store(path: Path, tasks: list[str], episodes: int = 3, length: in
     rng = np.random.default_rng(0)
     for task in tasks:
         for seed in range(episodes):
-            frames = _synthetic_frames(1, length, 16)
+            images, actions = _synthetic_frames(1, length, 16)
             store.add_episode(
                 {
                     "obs/state": rng.normal(size=(length, 39)).astype(np.float32),
-                    "obs/image/corner": frames.images.numpy(),
-                    "action": frames.actions.numpy(),
-                    "executed_action": frames.executed.numpy(),
+                    "obs/image/corner": images.numpy(),
+                    "action": actions.numpy(),
+                    "executed_action": actions.numpy(),
                 },
                 task=task,
                 instruction="",
@@ -194,9 +224,9 @@ def test_pipeline_pretrains_lowers_held_out_id_loss_and_fine_tunes(door_stores, 
             [*common, f"out={tmp_path / 'enc'}", "steps=60", "val_fraction=0.34", "seed=1"],
         )
     )
-    described = json.loads((encoder / "encoder.json").read_text())
-    assert described["pretraining_tasks"] == ["door-open-v3", "door-unlock-v3"]
-    metrics = described["metrics"]
+    described = read_description(encoder)  # the run's checkpoint is the encoder checkpoint
+    assert described["spec"]["env"]["tasks"] == ["door-open-v3", "door-unlock-v3"]
+    metrics = pretraining_metrics(encoder)  # the held-out loss at step 0 and at the end
     assert metrics["val_loss_end"] < metrics["val_loss_start"]
 
     out = tmp_path / "ft"
@@ -256,6 +286,48 @@ def test_fine_tuning_refuses_a_task_of_the_pretraining_data(stores, tmp_path) ->
                 [f"data={pre}", f"out={tmp_path / 'e2'}", "held_out=[door-open-v3]", *TINY],
             )
         )
+
+
+def _tiny_encoder(pre: str, out: Path) -> Path:
+    options = [f"data={pre}", f"out={out}", "steps=2", "batch_size=4", "seed=3", *TINY]
+    return pretrain(load_options(PretrainConfig, None, options))
+
+
+def test_the_encoder_checkpoint_loads_but_cannot_act(stores, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from il.cli import app
+
+    pre, _lock = stores
+    run = _tiny_encoder(pre, tmp_path / "enc")
+    encoder = load_policy(run)  # an ordinary, self-describing checkpoint
+    assert isinstance(encoder, EncoderPretraining)
+    assert encoder.config.objective == "id" and encoder.config.encoder.features == 16
+    assert encoder.config.action_key == "executed_action"  # the store records it
+    assert sorted(encoder.spec.env["tasks"]) == ["door-open-v3", "door-unlock-v3"]
+    with pytest.raises(RuntimeError, match="il fewshot --encoder"):
+        encoder.act({"image/corner": np.zeros((16, 16, 3), np.uint8)})
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(run)])
+    assert result.exit_code != 0
+    message = str(result.exception) + result.output
+    assert "cannot act" in message and "il fewshot --encoder" in message
+    assert len(str(result.exception).strip().splitlines()) == 1
+
+
+def test_fine_tuning_loads_the_encoder_and_keeps_it_frozen(stores, tmp_path) -> None:
+    pre, lock = stores
+    run = _tiny_encoder(pre, tmp_path / "enc")
+    options = [f"encoder={run}", f"data={lock}", f"out={tmp_path / 'ft'}", "demos=2"]
+    fewshot(load_options(FewShotConfig, None, [*options, "steps=4", "batch_size=8"]))
+    pretrained, tuned = load_policy(run), load_policy(tmp_path / "ft")
+    assert tuned.config.objective == "id" and tuned.config.pretraining_tasks
+    for key, value in pretrained.encoder.state_dict().items():
+        assert torch.equal(tuned.encoder.state_dict()[key], value), key
+    elsewhere = [f"data={lock}", f"out={tmp_path / 'ft2'}"]
+    with pytest.raises(PretrainError, match="is a pretrained-bc checkpoint, not an encoder"):
+        fewshot(load_options(FewShotConfig, None, [f"encoder={tmp_path / 'ft'}", *elsewhere]))
+    with pytest.raises(PretrainError, match="no encoder checkpoint at"):
+        fewshot(load_options(FewShotConfig, None, [f"encoder={tmp_path}", *elsewhere]))
 
 
 @pytest.mark.parametrize("reference", ["scratch", "state"])

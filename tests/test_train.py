@@ -83,6 +83,30 @@ def test_resumed_run_matches_an_uninterrupted_one(store_path, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+def test_start_hooks_run_on_a_fresh_run_only(store_path, tmp_path, monkeypatch):
+    from il.policies.bc import BCPolicy
+
+    started = []
+    monkeypatch.setattr(BCPolicy, "on_train_start", lambda self: started.append(self))
+    config = config_for(store_path, tmp_path / "run", "train.val_at_start=true")
+
+    def interrupt(step: int, metrics: dict) -> None:
+        if step == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, on_step=interrupt)
+    assert len(started) == 1
+    train(config, resume=True)
+    assert len(started) == 1  # a resumed run has its own weights: no second start
+    val_steps = [
+        int(line.split(",")[0])
+        for line in (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+        if ",val,loss," in line
+    ]
+    assert val_steps == [0, 20, 40]  # the loss before the first step, once
+
+
 def test_temporal_ensembling_acts(store_path, tmp_path):
     last = train(config_for(store_path, tmp_path / "run", "model.action_horizon=4"))
     policy = load_policy(last)

@@ -96,6 +96,9 @@ class Policy(nn.Module):
     preset: ClassVar[str] = ""
     """A YAML file beside the method's module that `il train --policy <name>` starts from when
     `configs/<name>.yaml` does not exist (e.g. the maze methods' shared settings)."""
+    cannot_act: ClassVar[str] = ""
+    """Why a checkpoint of this method is not for rolling out, e.g. a pretrained encoder (empty:
+    it acts). Evaluation and deployment refuse such a checkpoint in one line before they start."""
 
     def __init__(self, config: Any, spec: DataSpec, normalizer: Normalizer) -> None:
         super().__init__()
@@ -145,6 +148,11 @@ class Policy(nn.Module):
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss of a batch of windows (store keys, `<key>_is_pad`, `task`)."""
         raise NotImplementedError
+
+    def on_train_start(self) -> None:
+        """Called once by `il.train.train` on a fresh run, after the policy is built and before
+        the first step (not on resume: the weights then come from the run's own state). A
+        method that starts from other weights (a pretrained encoder) loads them here."""
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         # `loss` through `__call__`, so DistributedDataParallel and torch.compile see it.

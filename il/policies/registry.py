@@ -31,7 +31,15 @@ from il.policies.base import (
     resolve_checkpoint,
 )
 
-__all__ = ["METHODS", "UnknownMethod", "load_policy", "method_names", "policy_class", "preset"]
+__all__ = [
+    "METHODS",
+    "UnknownMethod",
+    "check_acts",
+    "load_policy",
+    "method_names",
+    "policy_class",
+    "preset",
+]
 
 METHODS: dict[str, str] = {
     "bc": "il.policies.bc:BCPolicy",
@@ -42,7 +50,8 @@ METHODS: dict[str, str] = {
     "aux-bc-maze": "il.methods.procedure_cloning.maze_baselines:AuxMazeBCPolicy",
     "pc-metaworld": "il.methods.procedure_cloning.metaworld:PCMetaWorldPolicy",
     "aux-bc-metaworld": "il.methods.procedure_cloning.metaworld:AuxBCMetaWorldPolicy",
-    "pretrained-bc": "il.methods.id_pretraining.pretraining:PretrainedBCPolicy",
+    "encoder-pretraining": "il.methods.id_pretraining.objectives:EncoderPretraining",
+    "pretrained-bc": "il.methods.id_pretraining.policy:PretrainedBCPolicy",
 }
 """Method name → `module:Class` of its policy, imported on first use."""
 
@@ -81,6 +90,26 @@ def preset(name: str) -> Path | None:
     return Path(str(module.__file__)).parent / cls.preset
 
 
+def _checkpoint_class(directory: Path, description: dict) -> type[Policy]:
+    try:
+        return policy_class(str(description.get("policy", "")))
+    except UnknownMethod:
+        raise CheckpointError(
+            f"{directory} holds policy {description.get('policy')!r}, which this il does not "
+            f"know; known: {', '.join(method_names())}"
+        ) from None
+
+
+def check_acts(path: str | Path) -> None:
+    """A one-line `CheckpointError` where the checkpoint at `path` (or a run's latest) holds a
+    method that cannot act (`Policy.cannot_act`, e.g. a pretrained encoder); evaluation and
+    deployment call this before they start anything."""
+    directory = resolve_checkpoint(path)
+    cls = _checkpoint_class(directory, read_description(directory))
+    if cls.cannot_act:
+        raise CheckpointError(f"{directory} cannot act (method {cls.name}): {cls.cannot_act}")
+
+
 def load_policy(
     path: str | Path, device: str | torch.device = "cpu", acting: Sequence[str] = ()
 ) -> Policy:
@@ -91,13 +120,7 @@ def load_policy(
     training it again."""
     directory = resolve_checkpoint(path)
     description = read_description(directory)
-    try:
-        cls = policy_class(str(description.get("policy", "")))
-    except UnknownMethod:
-        raise CheckpointError(
-            f"{directory} holds policy {description.get('policy')!r}, which this il does not "
-            f"know; known: {', '.join(method_names())}"
-        ) from None
+    cls = _checkpoint_class(directory, description)
     values = {**description["config"], **acting_overrides(cls.Config, acting, cls.name)}
     config = build_config(cls.Config, values)
     spec = DataSpec(**description["spec"])

@@ -18,15 +18,15 @@ Protocol, all through il's own pieces:
    `eval_seed...`, whose variations are disjoint from the demonstrations' (a task has 50
    variations, and seed s plays variation s mod 50).
 
-Everything lands in the output folder: both stores, the encoders, a folder per (method, demos,
-seed) with its checkpoint and `result.json`, and `results.md`, `results.json`, `success.png`.
+Everything lands in the output folder: both stores, the encoders (an `il pretrain` run folder
+per objective, with its checkpoint and metrics), a run folder per (method, demos, seed) with its
+checkpoint and `result.json`, and `results.md`, `results.json`, `success.png`.
 A re-run skips what is finished.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +51,8 @@ METHODS = ("id", "bc", "fd-implicit", "contrastive", "fd-explicit", *REFERENCES)
 """Pretraining objectives, then the two references (no pretraining)."""
 VARIATIONS = 50
 """Variations per Meta-World task: episode seed s plays variation s mod 50."""
+CHECKPOINT = "checkpoints/last/policy.json"
+"""What a finished run (pretraining or fine-tuning) leaves: its one, final checkpoint."""
 
 
 @dataclass
@@ -124,7 +126,7 @@ class DoorExperiment(Experiment):
     Config = Config
     selecting = ("methods", "seeds", "demos")
     condition = "demos"
-    trained = "policy.json"
+    trained = CHECKPOINT
 
     def __init__(self, config: Config, out: str | Path) -> None:
         super().__init__(config, out)
@@ -175,7 +177,7 @@ class DoorExperiment(Experiment):
         ]
 
     def train(self, run: Run) -> None:
-        from il.methods.id_pretraining.pretraining import FewShotConfig, fewshot
+        from il.methods.id_pretraining.pipeline import FewShotConfig, fewshot
 
         c = self.config
         encoder = (
@@ -244,11 +246,11 @@ def _record(config: Config, store: Path, tasks: list[str], episodes: int, seed: 
 
 
 def _pretrain(config: Config, out: Path, store: Path, objective: str) -> dict[str, Any]:
-    from il.methods.id_pretraining.pretraining import PretrainConfig, pretrain
+    """The encoder run of `objective` (made unless finished); its figures from its metrics."""
+    from il.methods.id_pretraining.pipeline import PretrainConfig, pretrain, pretraining_metrics
 
     folder = out / "encoders" / objective
-    description = folder / "encoder.json"
-    if not start_over_unless(folder, "encoder.json"):
+    if not start_over_unless(folder, CHECKPOINT):
         pc = PretrainConfig(
             objective=objective,
             data=str(store),
@@ -261,7 +263,7 @@ def _pretrain(config: Config, out: Path, store: Path, objective: str) -> dict[st
         )
         pc.encoder.channels = list(config.channels)
         pretrain(pc)
-    return json.loads(description.read_text())["metrics"]
+    return pretraining_metrics(folder)
 
 
 def _expert_rate(config: Config) -> float:
