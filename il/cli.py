@@ -19,6 +19,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from il.experiments import EXPERIMENTS
+from il.policies.registry import METHODS
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -38,6 +41,17 @@ def app() -> None:
 
 def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _formatted_doc(**values: str) -> Callable[[Callable], Callable]:
+    """Fill `{name}` fields of a verb's docstring (its --help) from tables, so the help names
+    what exists rather than what existed when it was written."""
+
+    def decorate(fn: Callable) -> Callable:
+        fn.__doc__ = (fn.__doc__ or "").format(**values)
+        return fn
+
+    return decorate
 
 
 def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
@@ -724,8 +738,7 @@ def _parse_tasks(tasks: str | None) -> tuple[str, ...]:
 @click.option(
     "--policy",
     default=None,
-    help="The method: bc, diffusion, pc-maze, bc-maze, aug-bc-maze, aux-bc-maze, "
-    "pc-metaworld, aux-bc-metaworld [default: the --config file's policy:, else bc].",
+    help=f"The method: {', '.join(METHODS)} [default: the --config file's policy:, else bc].",
 )
 @click.option(
     "--data",
@@ -965,11 +978,12 @@ def fewshot_(
     help="Folder for its data, runs and results [default: runs/<name>].",
 )
 @click.argument("overrides", nargs=-1)
+@_formatted_doc(names=", ".join(EXPERIMENTS))
 def experiment(name: str, seeds: int | None, out: Path | None, overrides: tuple[str, ...]) -> None:
     """Run a whole experiment in one command: record, train every method under every condition
     and seed, evaluate, and write results.md, results.json and a bar chart. NAME is one of:
-    pc-maze, pc-metaworld, id-door. OVERRIDES are key=value of the experiment's config, e.g.
-    steps=1000 train_mazes=[5,20]. Re-running resumes: finished runs are kept."""
+    {names}. OVERRIDES are key=value of the experiment's config, e.g. steps=1000
+    train_mazes=[5,20]. Re-running resumes: finished runs are kept."""
     from rich.markdown import Markdown
 
     from il.experiments import ExperimentError, load, make_config

@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from il.config import load_structured
-
 __all__ = ["EXPERIMENTS", "ExperimentError", "load", "make_config"]
 
 EXPERIMENTS: dict[str, str] = {
@@ -43,4 +41,6 @@ def load(name: str) -> ModuleType:
 def make_config(module: ModuleType, overrides: Sequence[str] = ()) -> Any:
     """The experiment's defaults with `key=value` overrides; an unknown key or a value of the
     wrong type is an `ExperimentError` naming it."""
+    from il.config import load_structured
+
     return load_structured(module.Config, None, overrides, ExperimentError)

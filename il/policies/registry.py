@@ -15,21 +15,12 @@ import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load_file
+if TYPE_CHECKING:  # the table itself imports nothing heavy: `il --help` lists it without torch
+    import torch
 
-from il.data.normalize import Normalizer
-from il.policies import text
-from il.policies.base import (
-    CheckpointError,
-    DataSpec,
-    Policy,
-    acting_overrides,
-    build_config,
-    read_description,
-    resolve_checkpoint,
-)
+    from il.policies.base import Policy
 
 __all__ = [
     "METHODS",
@@ -91,6 +82,8 @@ def preset(name: str) -> Path | None:
 
 
 def _checkpoint_class(directory: Path, description: dict) -> type[Policy]:
+    from il.policies.base import CheckpointError
+
     try:
         return policy_class(str(description.get("policy", "")))
     except UnknownMethod:
@@ -104,6 +97,8 @@ def check_acts(path: str | Path) -> None:
     """A one-line `CheckpointError` where the checkpoint at `path` (or a run's latest) holds a
     method that cannot act (`Policy.cannot_act`, e.g. a pretrained encoder); evaluation and
     deployment call this before they start anything."""
+    from il.policies.base import CheckpointError, read_description, resolve_checkpoint
+
     directory = resolve_checkpoint(path)
     cls = _checkpoint_class(directory, read_description(directory))
     if cls.cannot_act:
@@ -118,6 +113,19 @@ def load_policy(
     `acting`: `model.key=value` items for the fields that change how it acts and not its
     weights (e.g. `model.n_action_steps=4`), to try a trained policy another way without
     training it again."""
+    from safetensors.torch import load_file
+
+    from il.data.normalize import Normalizer
+    from il.policies import text
+    from il.policies.base import (
+        CheckpointError,
+        DataSpec,
+        acting_overrides,
+        build_config,
+        read_description,
+        resolve_checkpoint,
+    )
+
     directory = resolve_checkpoint(path)
     description = read_description(directory)
     cls = _checkpoint_class(directory, description)
