@@ -35,6 +35,7 @@ __all__ = [
     "claim_folder",
     "finished",
     "machine",
+    "results_summary",
     "run_experiment",
     "start_over_unless",
     "train_policy",
@@ -234,6 +235,32 @@ def start_over_unless(folder: Path, marker: str) -> bool:
         return True
     shutil.rmtree(folder, ignore_errors=True)
     return False
+
+
+def results_summary(
+    config: Any,
+    results: list[dict[str, Any]],
+    seconds: float,
+    figures: dict[str, Any],
+    *,
+    training: str = "training",
+    spent: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """What every `results.json` holds: the config, the experiment's own `figures` (tables,
+    reference rates), every run's result, the minutes spent and the machine. `training` names
+    the runs' training time; `spent` adds time spent before the runs (e.g. pretraining)."""
+    return {
+        "config": asdict(config),
+        **figures,
+        "runs": results,
+        "seconds": {
+            "total_this_invocation": seconds,
+            **(spent or {}),
+            training: sum(r["train_seconds"] for r in results),
+            "evaluation": sum(r["eval_seconds"] for r in results),
+        },
+        "machine": machine(config.threads),
+    }
 
 
 def machine(threads: int) -> dict[str, Any]:

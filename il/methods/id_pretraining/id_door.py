@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from il.experiments.runner import (
     Experiment,
     Progress,
     Run,
-    machine,
+    results_summary,
     run_experiment,
     start_over_unless,
 )
@@ -298,26 +298,18 @@ def _write_results(
         ylabel=f"success on {task} (%)",
         reference=[(f"scripted expert {100 * expert:.0f}%", expert)],
     )
-    train_s = sum(r["train_seconds"] for r in results)
-    eval_s = sum(r["eval_seconds"] for r in results)
     pretrain_s = sum(m.get("seconds", 0.0) for m in encoders.values())
-    write_json(
-        out / "results.json",
-        {
-            "config": asdict(config),
-            "expert_success": expert,
-            "table": table.to_json(),
-            "pretraining": encoders,
-            "runs": results,
-            "seconds": {
-                "total_this_invocation": seconds,
-                "pretraining": pretrain_s,
-                "finetuning": train_s,
-                "evaluation": eval_s,
-            },
-            "machine": machine(config.threads),
-        },
+    figures = {"expert_success": expert, "table": table.to_json(), "pretraining": encoders}
+    summary = results_summary(
+        config,
+        results,
+        seconds,
+        figures,
+        training="finetuning",
+        spent={"pretraining": pretrain_s},
     )
+    write_json(out / "results.json", summary)
+    train_s, eval_s = summary["seconds"]["finetuning"], summary["seconds"]["evaluation"]
     losses = [
         f"| {name} | {m['val_loss_start']:.4f} | {m['val_loss_end']:.4f} |"
         for name, m in encoders.items()

@@ -27,13 +27,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import envs
 from il.experiments.report import ResultTable, write_json
-from il.experiments.runner import Experiment, Progress, Run, machine, run_experiment, train_policy
+from il.experiments.runner import (
+    Experiment,
+    Progress,
+    Run,
+    results_summary,
+    run_experiment,
+    train_policy,
+)
 
 __all__ = ["Config", "run"]
 
@@ -252,23 +259,12 @@ def _write_results(
         ylabel="success on unseen mazes (%)",
         reference=[(f"BFS expert {100 * expert:.0f}%", expert)],
     )
-    train_s = sum(r["train_seconds"] for r in results)
-    eval_s = sum(r["eval_seconds"] for r in results)
-    write_json(
-        out / "results.json",
-        {
-            "config": asdict(config),
-            "expert_test_success": expert,
-            "tables": {"test": test.to_json(), "train": seen.to_json(), "search": search.to_json()},
-            "runs": results,
-            "seconds": {
-                "total_this_invocation": seconds,
-                "training": train_s,
-                "evaluation": eval_s,
-            },
-            "machine": machine(config.threads),
-        },
+    tables = {"test": test.to_json(), "train": seen.to_json(), "search": search.to_json()}
+    summary = results_summary(
+        config, results, seconds, {"expert_test_success": expert, "tables": tables}
     )
+    write_json(out / "results.json", summary)
+    train_s, eval_s = summary["seconds"]["training"], summary["seconds"]["evaluation"]
     episodes = config.test_mazes * config.eval_episodes
     text = "\n".join(
         [

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,14 @@ import numpy as np
 import envs
 from envs.metaworld import Suite
 from il.experiments.report import ResultTable, write_json
-from il.experiments.runner import Experiment, Progress, Run, machine, run_experiment, train_policy
+from il.experiments.runner import (
+    Experiment,
+    Progress,
+    Run,
+    results_summary,
+    run_experiment,
+    train_policy,
+)
 
 __all__ = ["Config", "run"]
 
@@ -257,23 +264,10 @@ def _write_results(
         ylabel="success on unseen variations (%)",
         reference=[(f"scripted expert {100 * expert['mean']:.0f}%", expert["mean"])],
     )
-    train_s = sum(r["train_seconds"] for r in results)
-    eval_s = sum(r["eval_seconds"] for r in results)
-    write_json(
-        out / "results.json",
-        {
-            "config": asdict(config),
-            "expert": expert,
-            "tables": {"overall": overall.to_json(), "per_task": per_task.to_json()},
-            "runs": results,
-            "seconds": {
-                "total_this_invocation": seconds,
-                "training": train_s,
-                "evaluation": eval_s,
-            },
-            "machine": machine(config.threads),
-        },
-    )
+    tables = {"overall": overall.to_json(), "per_task": per_task.to_json()}
+    summary = results_summary(config, results, seconds, {"expert": expert, "tables": tables})
+    write_json(out / "results.json", summary)
+    train_s, eval_s = summary["seconds"]["training"], summary["seconds"]["evaluation"]
     expert_cells = ", ".join(f"{t} {100 * v:.0f}%" for t, v in expert.items() if t != "mean")
     text = "\n".join(
         [
