@@ -68,6 +68,7 @@ bench: setup
 	$(PY) benchmarks/eval_speed.py
 	$(PY) benchmarks/act_latency.py
 	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/import_time.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

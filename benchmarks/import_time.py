@@ -14,6 +14,7 @@ open the port, after every import the deployment needs.
 
     .venv/bin/python benchmarks/import_time.py
     .venv/bin/python benchmarks/import_time.py --repeats 5 --markdown
+    .venv/bin/python benchmarks/import_time.py --before ../il-old   # another checkout beside
 """
 
 from __future__ import annotations
@@ -60,16 +61,17 @@ def make_checkpoint(folder: Path, port: str) -> Path:
     return policy_class("bc")(config.model, spec, normalizer).save(folder / "bc")
 
 
-def run(command: list[str]) -> tuple[float, float, set[str], int]:
-    """(wall seconds, import seconds by -X importtime, modules imported, exit code)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run(command: list[str], code: Path = ROOT) -> tuple[float, float, set[str], int]:
+    """(wall seconds, import seconds by -X importtime, modules imported, exit code), running
+    the il of the checkout `code`."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-X", "importtime", *command],
         capture_output=True,
         text=True,
         env=env,
-        cwd=ROOT,
+        cwd=code,
         timeout=300,
     )
     wall = time.perf_counter() - start
@@ -90,6 +92,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="Another checkout of il (e.g. a git worktree of an older commit): its commands are "
+        "timed in the same run, interleaved with this one's.",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         port = f"{tmp}/no-such-port"
@@ -97,14 +106,22 @@ def main() -> None:
         deploy = ["-m", "il.cli", "deploy", "--checkpoint", str(checkpoint)]
         deploy += ["--robot", f"dynamixel:{port}"]
         cases = [
-            ("baseline: import numpy", ["-c", "import numpy"]),
-            ("il --help", ["-m", "il.cli", "--help"]),
-            ("baseline: import torch", ["-c", "import torch"]),
-            ("il deploy, BC to a servo arm", deploy),
+            ("baseline: import numpy", ["-c", "import numpy"], ROOT),
+            ("il --help", ["-m", "il.cli", "--help"], ROOT),
+            ("baseline: import torch", ["-c", "import torch"], ROOT),
+            ("il deploy, BC to a servo arm", deploy, ROOT),
         ]
+        if args.before is not None:
+            cases.insert(2, ("il --help, before", ["-m", "il.cli", "--help"], args.before))
+            cases.append(("il deploy, BC to a servo arm, before", deploy, args.before))
+        # round-robin, so a machine that gets busier mid-run slows every case alike
+        timings: dict[str, list[tuple[float, float, set[str], int]]] = {c[0]: [] for c in cases}
+        for _ in range(args.repeats):
+            for name, command, code in cases:
+                timings[name].append(run(command, code))
         rows = []
-        for name, command in cases:
-            runs = [run(command) for _ in range(args.repeats)]
+        for name, _, _ in cases:
+            runs = timings[name]
             modules = runs[-1][2]
             came = [w for w in WATCHED if any(m == w or m.startswith(w + ".") for m in modules)]
             rows.append(
