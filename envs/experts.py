@@ -37,11 +37,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import metaworld
 import numpy as np
 from metaworld.policies import ENV_POLICY_MAP
 from metaworld.policies.policy import Policy
 
-from envs.metaworld import check_task
+from envs.family import unknown
 
 __all__ = [
     "PROCEDURE_ARRAYS",
@@ -482,6 +483,18 @@ def _positions(parsed: Mapping[str, Any], state: np.ndarray) -> dict[str, np.nda
 # --- the expert ----------------------------------------------------------------------------------
 
 
+def _task_name(task: str) -> str:
+    """The canonical task name (`-v3` may be left off), or a one-line error: the names of
+    Meta-World's own table, so the experts need nothing of `envs.metaworld` (which names them as
+    its family's expert)."""
+    names = tuple(metaworld.env_dict.ALL_V3_ENVIRONMENTS)
+    if task in names:
+        return task
+    if f"{task}-v3" in names:
+        return f"{task}-v3"
+    raise unknown("Meta-World task", task, names)
+
+
 class ScriptedExpert:
     """Meta-World's scripted policy for one task, returning its procedure with each action.
 
@@ -491,7 +504,7 @@ class ScriptedExpert:
     """
 
     def __init__(self, task: str) -> None:
-        self.task = check_task(task)
+        self.task = _task_name(task)
         self.policy: Policy = ENV_POLICY_MAP[self.task]()
         self._program = _program(type(self.policy))
         self.phases: tuple[str, ...] = self._program.phases

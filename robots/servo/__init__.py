@@ -23,18 +23,14 @@ from __future__ import annotations
 
 from robots.servo.arm import JointArm, ServoArm
 from robots.servo.bus import BUSES, MotorBus, Register, open_bus
-from robots.servo.calibration import (
-    Calibration,
-    MotorCalibration,
-    calibrate,
-    default_calibration_path,
-)
+from robots.servo.calibration import Calibration, calibrate, default_calibration_path
 from robots.servo.models import (
     DEFAULT_LEADER,
     DEFAULT_MODEL,
     HALF_TURN,
     MODELS,
     ArmModel,
+    MotorCalibration,
     MotorSpec,
     ShadowSpec,
     get_model,

@@ -29,18 +29,14 @@ import numpy as np
 
 from robots.base import ActionSpec, DriverError, Robot
 from robots.servo.bus import open_bus
-from robots.servo.calibration import (
-    Calibration,
-    MotorCalibration,
-    calibrate_hint,
-    default_calibration_path,
-)
+from robots.servo.calibration import Calibration, calibrate_hint, default_calibration_path
 from robots.servo.models import (
     DEFAULT_LEADER,
     DEFAULT_MODEL,
     HALF_TURN,
     RESOLUTION,
     ArmModel,
+    MotorCalibration,
     MotorSpec,
     get_model,
 )

@@ -24,13 +24,10 @@ import termios
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from robots.base import ConnectionLost, DriverError, vendor_library
-from robots.servo.models import ArmModel, MotorSpec, ShadowSpec
-
-if TYPE_CHECKING:  # the calibration procedure drives a bus; the bus only stores its results
-    from robots.servo.calibration import MotorCalibration
+from robots.servo.models import ArmModel, MotorCalibration, MotorSpec, ShadowSpec
 
 __all__ = ["BUSES", "MotorBus", "Register", "open_bus"]
 

@@ -19,13 +19,12 @@ from typing import Any
 
 from robots.base import DriverError
 from robots.servo.bus import MotorBus
-from robots.servo.models import ArmModel, get_model
+from robots.servo.models import ArmModel, MotorCalibration, get_model
 
 __all__ = [
     "CALIBRATION_FORMAT",
     "MIN_RANGE_TICKS",
     "Calibration",
-    "MotorCalibration",
     "calibrate",
     "calibrate_hint",
     "default_calibration_path",
@@ -36,28 +35,6 @@ CALIBRATION_FORMAT = 1
 
 
 # ---------------------------------------------------------------------------------- the file
-@dataclass(frozen=True)
-class MotorCalibration:
-    """One motor's calibration. `homing_offset` is the register value (ticks) that makes the
-    middle pose read `HALF_TURN`; `drive_mode` 1 reverses the joint; `range_min`/`range_max`
-    are the ends of travel as the motor reports them once the offset is applied."""
-
-    id: int
-    homing_offset: int
-    drive_mode: int
-    range_min: int
-    range_max: int
-
-    def to_json(self) -> dict[str, int]:
-        return {
-            "id": self.id,
-            "homing_offset": self.homing_offset,
-            "drive_mode": self.drive_mode,
-            "range_min": self.range_min,
-            "range_max": self.range_max,
-        }
-
-
 @dataclass
 class Calibration:
     """Every motor of one arm, by joint name, plus which arm model and bus it was taken on."""

@@ -1,6 +1,7 @@
 """The servo arms this stack knows, as data: each arm type's motors in action order (name, id,
 motor type, the operating mode and current limit a follower needs), the shadow motors that
-double a joint, and whether a person moves it (a leader).
+double a joint, and whether a person moves it (a leader); and the record one motor's
+calibration leaves (`MotorCalibration`), which the bus applies and the calibration file holds.
 
 The tables sit below everything else in `robots.servo`, with no bus behind them, so that every
 part reads the same facts: the bus checks the motors it finds against them, calibration
@@ -27,6 +28,7 @@ __all__ = [
     "MODELS",
     "RESOLUTION",
     "ArmModel",
+    "MotorCalibration",
     "MotorSpec",
     "ShadowSpec",
     "get_model",
@@ -254,3 +256,25 @@ def get_model(name: str | ArmModel, bus: str | None = None) -> ArmModel:
             f"{valid}"
         )
     return model
+
+
+@dataclass(frozen=True)
+class MotorCalibration:
+    """One motor's calibration. `homing_offset` is the register value (ticks) that makes the
+    middle pose read `HALF_TURN`; `drive_mode` 1 reverses the joint; `range_min`/`range_max`
+    are the ends of travel as the motor reports them once the offset is applied."""
+
+    id: int
+    homing_offset: int
+    drive_mode: int
+    range_min: int
+    range_max: int
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "id": self.id,
+            "homing_offset": self.homing_offset,
+            "drive_mode": self.drive_mode,
+            "range_min": self.range_min,
+            "range_max": self.range_max,
+        }
