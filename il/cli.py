@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -670,7 +671,7 @@ def info(path: str, as_json: bool) -> None:
         tasks.add_row(k, str(v), f"{100 * report['task_success_rate'][k]:.0f}%")
     console.print(tasks)
     spec = store.schema.action_spec
-    console.print(f"action: {spec.describe() if spec else 'no convention stated'}")
+    console.print(f"action: {spec.describe() if spec else 'no convention stated'}", markup=False)
 
 
 def _shorten(text: str, width: int) -> str:
@@ -1117,7 +1118,10 @@ def envs_() -> None:
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    # the message is text, not markup: "[cm]" in a unit or "['a']" in a list stays as written
+    err_console.print(
+        f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True
+    )
     sys.exit(2)
 
 

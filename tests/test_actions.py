@@ -139,6 +139,7 @@ def test_an_end_effector_checkpoint_never_reaches_a_joint_position_arm(metaworld
             "deploy", "--checkpoint", str(metaworld_checkpoint), "--robot", f"dynamixel:{bus.port}"
         )
         assert "ee_delta" in line and "joint_absolute" in line and "different kind" in line
+        assert "x [cm]" in line and "shoulder_pan [deg]" in line  # printed as text, not markup
         assert sum(bus.instructions.values()) == 0  # not one packet reached the bus
         assert not any(bus.torque(i) for i in motors)
 
