@@ -28,7 +28,8 @@ def run(*args: str) -> str:
 def test_experts_solve_mt50(tmp_path):
     """The scripted experts stay near their measured 98% over all 50 tasks (docs/experts.md)."""
     out = tmp_path / "mt50.json"
-    run(*IL, "eval", "--env", "metaworld/MT50", "--episodes-per-task", "4", "--json", str(out))
+    run(*IL, "eval", "--policy", "expert", "--env", "metaworld/MT50", "--episodes-per-task", "4",
+        "--json", str(out))  # fmt: skip
     report = json.loads(out.read_text())
     rates = [t["success_rate"] for t in report["tasks"].values()]
     assert len(rates) == 50
