@@ -23,7 +23,7 @@ from il.experiments.report import ResultTable
 from il.methods.procedure_cloning.maze import PCMazeConfig, PCMazePolicy, sample_pairs
 from il.policies.base import DataSpec
 from il.policies.hierarchy import IntermediateOutput
-from il.policies.registry import load_policy
+from il.policies.registry import load_policy, preset
 from il.record import record_expert
 from il.train import ConfigError, load_config, train
 
@@ -335,7 +335,7 @@ def test_procedure_cloning_generalises_to_unseen_mazes_where_bc_does_not(tmp_pat
     for policy in ("pc-maze", "bc-maze"):
         config = load_config(
             policy,
-            ROOT / "configs" / "maze.yaml",
+            preset(policy),  # the maze methods' own preset
             [
                 f"data.path={store}",
                 f"out={tmp_path / policy}",
