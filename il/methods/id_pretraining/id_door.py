@@ -13,7 +13,8 @@ Protocol, all through il's own pieces:
    and fine-tuning refuses an encoder whose pretraining data held its task.
 2. Pretraining (`il pretrain`): each objective once, on the same corpus, same steps and batch.
 3. Fine-tuning (`il fewshot`) for each number of demos and seed: the seed draws which demos
-   are used and initialises the head; `scratch` and `state` are the references.
+   of the pool of `demo_pool` door-lock episodes are used, as the paper draws its few shots,
+   and initialises the head; `scratch` and `state` are the references.
 4. Evaluation (`il eval`): `eval_episodes` door-lock episodes per seed, reset with seeds
    `eval_seed...`, whose variations are disjoint from the demonstrations' (a task has 50
    variations, and seed s plays variation s mod 50).
@@ -78,7 +79,12 @@ class Config:
     demos: list[int] = field(default_factory=lambda: [10])
     """Numbers of fine-tuning demos compared (the paper's 2, 5, 10, 20)."""
     demo_seed: int = 25
-    """Episode seed of the first fine-tuning demo; demos use seeds demo_seed.. ."""
+    """Episode seed of the first door-lock episode of the pool; the pool uses seeds
+    demo_seed.. ."""
+    demo_pool: int = 25
+    """Door-lock episodes recorded, from which each seed draws its demos (at least the
+    largest of `demos`): with a pool as large as the demos, every seed would train on the same
+    demos and differ only in initialisation."""
     eval_episodes: int = 20
     eval_seed: int = 0
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -112,7 +118,12 @@ class Config:
                 f"finetune_task {self.finetune_task} is one of pretrain_tasks; the split needs "
                 "a task the encoders never saw"
             )
-        demo_vars = {(self.demo_seed + i) % VARIATIONS for i in range(max(self.demos))}
+        if self.demo_pool < max(self.demos):
+            raise ValueError(
+                f"demo_pool={self.demo_pool} is smaller than demos={max(self.demos)}; "
+                "each seed draws its demos from the pool"
+            )
+        demo_vars = {(self.demo_seed + i) % VARIATIONS for i in range(self.demo_pool)}
         eval_vars = {(self.eval_seed + i) % VARIATIONS for i in range(self.eval_episodes)}
         if demo_vars & eval_vars:
             raise ValueError(
@@ -147,7 +158,7 @@ class DoorExperiment(Experiment):
             (
                 f"recording {c.finetune_task} demos",
                 lambda: _record(
-                    c, self.finetune_store, [c.finetune_task], max(c.demos), c.demo_seed
+                    c, self.finetune_store, [c.finetune_task], c.demo_pool, c.demo_seed
                 ),
             ),
         ]

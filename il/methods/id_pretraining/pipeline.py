@@ -44,6 +44,7 @@ __all__ = [
     "FewShotConfig",
     "PretrainConfig",
     "PretrainError",
+    "draw_demos",
     "fewshot",
     "load_options",
     "pretrain",
@@ -267,7 +268,7 @@ def fewshot(config: FewShotConfig, on_step: StepCallback | None = None) -> Path:
             f"{config.data} has {len(episodes)} successful episodes of {task}, fewer than "
             f"demos={config.demos}; record more"
         )
-    chosen = np.sort(np.random.default_rng(config.seed).permutation(episodes)[: config.demos])
+    chosen = draw_demos(episodes, config.demos, config.seed)
     camera = (pretrained.camera if pretrained else "") or config.camera or "obs/image/corner"
     key = "obs/state" if config.encoder == "state" else camera
     if key not in store.schema.keys:
@@ -348,6 +349,12 @@ def _train(run: RunConfig, on_step: StepCallback | None) -> Path:
         return train(run, on_step=report)
     except ConfigError as e:
         raise PretrainError(str(e)) from None
+
+
+def draw_demos(episodes: np.ndarray, demos: int, seed: int) -> np.ndarray:
+    """The few shots of one fine-tuning seed: `demos` of `episodes`, drawn by `seed`, so that
+    seeds differ in what they learn from and not only in their initialisation."""
+    return np.sort(np.random.default_rng(seed).permutation(episodes)[:demos])
 
 
 def _open(path: str) -> DemoStore:
