@@ -175,6 +175,21 @@ def test_ee_delta_sent_action_is_always_safe(case):
 
 
 @FAST
+@given(ee_delta_case(), st.floats(-0.01, 0.2))
+def test_a_command_moves_no_further_than_its_time_budget_allows(case, budget):
+    spec, config, action, state = case
+    result = filter_command(action, state, spec, config, time_budget=budget)
+    at_rate = filter_command(action, state, spec, config)
+    if config.max_speed is None or result.held:
+        return
+    allowed = min(max(budget, 0.0), config.period)
+    t = translation_m(spec, result.action_sent)
+    assert np.linalg.norm(t) <= config.max_speed * allowed * (1 + TOL) + TOL
+    assert result.travel_time <= allowed * (1 + TOL) + TOL
+    assert result.action_sent[3] == at_rate.action_sent[3]  # the budget never moves the gripper
+
+
+@FAST
 @given(ee_delta_case())
 def test_an_action_within_every_limit_passes_unchanged(case):
     spec, config, action, state = case

@@ -25,7 +25,7 @@ from robots.emulators.ur_controller import (
 )
 from robots.loop import RateLoop
 from robots.registry import load_robot_config, make_robot
-from robots.rotations import matrix_from_rotvec, rotvec_from_matrix
+from robots.rotations import matrix_from_rotvec
 from robots.safety import BANKED_PERIODS, SafeRobot
 from robots.ur import URArm
 
@@ -338,26 +338,36 @@ def test_connection_loss_raises_connection_lost(fresh_emulator: URControllerEmul
     assert not arm.is_connected
 
 
-def lead(times: np.ndarray, tcp: np.ndarray, target: np.ndarray, speed: float, apart) -> float:
+def lead(
+    times: np.ndarray,
+    tcp: np.ndarray,
+    target: np.ndarray,
+    speed: float,
+    apart: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> float:
     """How far the arm got ahead of one moving steadily at `speed`: the most that any two of
     its states lie apart (by `apart`) beyond `speed` x the time between them, less how far the
     arm then trailed the target its controller was driving it to (what it may catch up)."""
     worst = 0.0
     for i in range(len(times) - 1):
-        gaps = np.array([apart(tcp[i], later) for later in tcp[i + 1 :]])
-        excess = gaps - speed * (times[i + 1 :] - times[i]) - apart(tcp[i], target[i])
-        worst = max(worst, float(excess.max()))
+        gaps = apart(tcp[i], tcp[i + 1 :])
+        behind = apart(tcp[i], target[i : i + 1])[0]
+        worst = max(worst, float((gaps - speed * (times[i + 1 :] - times[i]) - behind).max()))
     return worst
 
 
-def distance(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(b[:3] - a[:3]))
+def distance(pose: np.ndarray, poses: np.ndarray) -> np.ndarray:
+    """How far (m) each of `poses` lies from `pose` (x, y, z, then a rotation vector)."""
+    return np.linalg.norm(poses[:, :3] - pose[:3], axis=1)
 
 
-def turned(a: np.ndarray, b: np.ndarray) -> float:
-    """The angle (rad) between two tool orientations given as rotation vectors."""
-    relative = matrix_from_rotvec(b[3:]) @ matrix_from_rotvec(a[3:]).T
-    return float(np.linalg.norm(rotvec_from_matrix(relative)))
+def turned(pose: np.ndarray, poses: np.ndarray) -> np.ndarray:
+    """The angle (rad) each of `poses` is turned from `pose`: from the trace of the relative
+    rotation, tr(R_k R^T) = sum(R_k * R)."""
+    rotation = matrix_from_rotvec(pose[3:])
+    others = np.array([matrix_from_rotvec(r) for r in poses[:, 3:]])
+    cos = (np.einsum("kij,ij->k", others, rotation) - 1.0) / 2.0
+    return np.arccos(np.clip(cos, -1.0, 1.0))
 
 
 @needs_ur_rtde
@@ -415,7 +425,7 @@ def test_commands_at_1khz_move_the_arm_no_faster_than_its_speed_limits(
     # arm trailed its target by is not counted: the emulated controller is an ordinary process,
     # which on a busy machine misses cycles and then catches up; a real one is hard real-time.)
     ahead = BANKED_PERIODS * period + 0.03
-    assert distance(fast[1][0], fast[1][-1]) > 0.05  # it moved: 0.1 m at 0.25 m/s
+    assert distance(fast[1][0], fast[1][-1:])[0] > 0.05  # it moved: 0.1 m at 0.25 m/s
     for times, tcp, target, _ in (fast, slow):
         for name, limit, apart in (("m", speed, distance), ("rad", angular, turned)):
             got = lead(times, tcp, target, limit, apart)
@@ -423,7 +433,7 @@ def test_commands_at_1khz_move_the_arm_no_faster_than_its_speed_limits(
     # At 125 Hz: a full step per command, 2 mm and 8 mrad (on a busy machine a step that
     # starts over half a period early, after a late one, moves less: hence 90 %).
     _, tcp, _, commands = slow
-    moved, full = distance(tcp[0], tcp[-1]), commands * speed * period
+    moved, full = distance(tcp[0], tcp[-1:])[0], commands * speed * period
     assert moved >= 0.9 * full, f"moved {moved:.4f} m of {full:.4f} m"
-    rotated, full = turned(tcp[0], tcp[-1]), commands * angular * period
+    rotated, full = turned(tcp[0], tcp[-1:])[0], commands * angular * period
     assert rotated >= 0.9 * full, f"turned {rotated:.4f} rad of {full:.4f} rad"
