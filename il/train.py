@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from il.config import load_yaml
+from il.config import check_limits, limits, load_yaml
 from il.data.normalize import Normalizer
 from il.data.sampler import WindowSampler, select_episodes, split_episodes, window_spec
 from il.data.store import DemoStore, StoreError
@@ -51,44 +51,45 @@ class ConfigError(Exception):
 
 @dataclass
 class TrainConfig:
-    """How to optimise. Every field can be set as `train.<field>=value`."""
+    """How to optimise. Every field can be set as `train.<field>=value`; a number outside its
+    field's `limits` is refused when the config is loaded."""
 
-    steps: int = 20_000
+    steps: int = field(default=20_000, metadata=limits(at_least=1))
     """Optimizer steps in total (a resumed run continues up to this number)."""
-    batch_size: int = 256
+    batch_size: int = field(default=256, metadata=limits(at_least=1))
     """Windows per step and per process."""
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 500
+    lr: float = field(default=1e-3, metadata=limits(above=0))
+    weight_decay: float = field(default=1e-4, metadata=limits(at_least=0))
+    warmup_steps: int = field(default=500, metadata=limits(at_least=0))
     """Linear warm-up of the learning rate, then a cosine decay to `lr * min_lr_ratio`."""
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
+    min_lr_ratio: float = field(default=0.0, metadata=limits(at_least=0, at_most=1))
+    grad_clip: float = field(default=1.0, metadata=limits(at_least=0))
     """Clip the gradient norm to this (0 = no clipping)."""
-    ema_decay: float = 0.999
+    ema_decay: float = field(default=0.999, metadata=limits(at_least=0, below=1))
     """Decay of the weights' moving average (0 = no EMA: checkpoints hold the raw weights)."""
-    val_fraction: float = 0.05
+    val_fraction: float = field(default=0.05, metadata=limits(at_least=0, below=1))
     """Fraction of episodes held out for the validation loss."""
-    val_every: int = 1000
-    val_batches: int = 8
+    val_every: int = field(default=1000, metadata=limits(at_least=1))
+    val_batches: int = field(default=8, metadata=limits(at_least=1))
     val_at_start: bool = False
     """Also measure the validation loss at step 0, before the first update (a fresh run)."""
-    seed: int = 0
-    num_workers: int = 0
+    seed: int = field(default=0, metadata=limits(at_least=0))
+    num_workers: int = field(default=0, metadata=limits(at_least=0))
     """DataLoader worker processes producing batches (0 = in the training process)."""
-    log_every: int = 100
-    save_every: int = 5000
+    log_every: int = field(default=100, metadata=limits(at_least=1))
+    save_every: int = field(default=5000, metadata=limits(at_least=1))
     """Steps between checkpoints (the final one is always saved)."""
-    eval_every: int = 0
+    eval_every: int = field(default=0, metadata=limits(at_least=0))
     """Steps between evaluations in the env (0 = none)."""
-    eval_episodes_per_task: int = 5
-    eval_workers: int = 1
+    eval_episodes_per_task: int = field(default=5, metadata=limits(at_least=1))
+    eval_workers: int = field(default=1, metadata=limits(at_least=1))
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."""
     amp: str = "auto"
     """Mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off."""
     compile: bool = False
     """torch.compile the policy (CUDA; slower to start)."""
-    threads: int = 0
+    threads: int = field(default=0, metadata=limits(at_least=0))
     """torch CPU threads (0 = torch's default)."""
 
 
@@ -108,7 +109,7 @@ class DataConfig:
     """Only these episodes, by index in the store (default: all that pass the other filters)."""
     normalize: dict[str, str] = field(default_factory=lambda: {"action": "min_max"})
     """Normalization mode per key; vector observations default to mean_std, images to none."""
-    memory_gb: float = 0.25
+    memory_gb: float = field(default=0.25, metadata=limits(at_least=0))
     """RAM for holding the store's keys decoded (smallest keys first; each DataLoader worker
     holds its own copy). A key that does not fit is decoded from disk chunk by chunk at every
     batch: for two 84x84 cameras at batch 64 that is about a quarter of the image preset's step
@@ -157,7 +158,19 @@ def load_config(
         base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
         raise ConfigError(_config_message(e, base)) from None
-    return _to_run_config(base, policy)
+    config = _to_run_config(base, policy)
+    check_run_config(config)
+    return config
+
+
+def check_run_config(config: RunConfig) -> None:
+    """A `ConfigError` naming the first number outside its field's range (`train.lr must be a
+    finite number > 0, got nan`): checked when a config is loaded, before any data is read, and
+    again by `train` for configs built in code."""
+    try:
+        check_limits(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _schema(policy: str) -> DictConfig:
@@ -422,6 +435,7 @@ def train(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> Path:
     """Train `config.policy` on `config.data`; returns the final checkpoint folder."""
+    check_run_config(config)
     tc = config.train
     dist_info = init_distributed(tc.device)
     device = pick_device(tc.device)
@@ -448,7 +462,8 @@ def train(
         if not resume:
             policy.on_train_start()  # e.g. load pretrained weights; a resumed run has its own
     except (ValueError, text.TextModelMissing) as e:
-        raise ConfigError(f"model: {e}") from None
+        named = str(e).startswith("model.")  # the message names its key already
+        raise ConfigError(str(e) if named else f"model: {e}") from None
     ema = EMA(policy, tc.ema_decay) if tc.ema_decay > 0 else None
     params = list(policy.parameters())
     # The fused kernel updates every tensor in one pass: on a CPU the per-tensor loop of the
