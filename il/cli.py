@@ -773,6 +773,7 @@ def train_(
 ) -> None:
     """Train a policy on a DemoStore. OVERRIDES are key=value, e.g. train.steps=5000
     model.hidden=[256,256] data.obs=[obs/state,obs/image/corner]."""
+    from il.data.store import StoreError
     from il.train import ConfigError, load_config, train
 
     for item in overrides:
@@ -804,7 +805,7 @@ def train_(
                 bar.update(job, completed=step, status=status)
 
             last = train(config, resume=resume, on_step=on_step)
-    except ConfigError as e:
+    except (ConfigError, StoreError, OSError) as e:  # OSError: the run folder's disk, mid-run
         raise UserError(str(e)) from None
     console.print(f"checkpoint: {last}")
     console.print(

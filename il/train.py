@@ -12,7 +12,8 @@ batches the uninterrupted run would have, and with the optimizer, scheduler, EMA
 restored it ends with the same weights.
 
 A run folder holds `config.yaml` (the resolved config), `metrics.csv`, TensorBoard events,
-`curves.png`, and `checkpoints/step_<N>/` with `last` pointing at the newest.
+`curves.png`, and `checkpoints/step_<N>/` with `last` pointing at the newest. It is written from
+the end of the first step on, so a run that fails before that leaves no folder behind.
 """
 
 from __future__ import annotations
@@ -203,7 +204,10 @@ def _to_run_config(cfg: DictConfig, policy: str) -> RunConfig:
 
 
 def save_config(config: RunConfig, path: Path) -> None:
-    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    """Written whole or not at all: a resumed run reads its config back from here."""
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    os.replace(staging, path)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -434,7 +438,12 @@ def train(
     resume: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> Path:
-    """Train `config.policy` on `config.data`; returns the final checkpoint folder."""
+    """Train `config.policy` on `config.data`; returns the final checkpoint folder.
+
+    The run folder's files (`config.yaml`, `metrics.csv`, TensorBoard events) are written once
+    the first step has been taken, not before: a run that fails or is interrupted before it
+    (data that cannot be read, a model that does not fit, Ctrl-C) leaves no folder that looks
+    like a run, and a resumed run that fails so leaves its folder as it was."""
     check_run_config(config)
     tc = config.train
     dist_info = init_distributed(tc.device)
@@ -473,6 +482,11 @@ def train(
     start = 0
     if resume:
         start = _load_training_state(state_file, policy, ema, optimizer, scheduler)
+        if start >= tc.steps:
+            raise ConfigError(
+                f"{out} has already taken {start} steps, train.steps={tc.steps}; to continue "
+                f"it give train.steps above {start}"
+            )
     model: nn.Module = policy
     if dist_info.world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -483,9 +497,6 @@ def train(
     dtype = amp_dtype(tc.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-    if dist_info.main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
     logger = _Logger(out, enabled=dist_info.main, resume=resume)
     batches = _loader(data, tc, dist_info.rank, start, device)
     if tc.val_at_start and start == 0 and data.val is not None:
@@ -508,6 +519,8 @@ def train(
         if ema is not None:
             ema.update()
         done = step + 1
+        if done == start + 1 and dist_info.main:
+            _open_run_folder(out, config, logger)
         metrics["lr"] = scheduler.get_last_lr()[0]
         if done % tc.log_every == 0 or done == tc.steps:
             metrics["loss"] = float(loss.detach())
@@ -534,6 +547,26 @@ def train(
 
         dist.barrier()
     return last_dir
+
+
+def _open_run_folder(out: Path, config: RunConfig, logger: _Logger) -> None:
+    """Create the run folder's files, after the first step. If that fails (a full disk), what
+    it created is removed again, and never what was there before."""
+    made = [p for p in (out, *out.parents) if not p.exists()]
+    files = [out / "config.yaml", out / "metrics.csv", out / "tensorboard"]
+    new_files = [p for p in files if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+        logger.open()
+    except BaseException:
+        logger.close()
+        for path in [made[-1]] if made else new_files:  # the topmost folder made here
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
 
 
 def _loader(
@@ -660,12 +693,21 @@ class _Logger:
 
     def __init__(self, out: Path, enabled: bool, resume: bool) -> None:
         self.enabled = enabled
+        self.out = out
+        self.resume = resume
         self.rows: list[dict[str, Any]] = []
         self.path = out / "metrics.csv"
         self.writer = None
-        if not enabled:
+        self.pending: list[dict[str, Any]] = []
+        """Rows logged before `open` (a validation loss at step 0), written when it opens."""
+        self.opened = False
+
+    def open(self) -> None:
+        """Start the files (the run's first step is done): read a resumed run's rows, or write
+        the header, and the rows logged so far."""
+        if not self.enabled:
             return
-        if resume and self.path.exists():
+        if self.resume and self.path.exists():
             with open(self.path) as f:
                 self.rows = list(csv.DictReader(f))
         else:
@@ -673,16 +715,25 @@ class _Logger:
                 csv.DictWriter(f, fieldnames=self.FIELDS).writeheader()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(out / "tensorboard"))
+        self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        self.opened = True
+        pending, self.pending = self.pending, []
+        self._write(pending)
 
     def log(self, step: int, phase: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
         rows = [{"step": step, "phase": phase, "metric": k, "value": v} for k, v in metrics.items()]
+        if self.opened:
+            self._write(rows)
+        else:
+            self.pending += rows
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
         self.rows += rows
         for row in rows:
             if self.writer is not None:
-                self.writer.add_scalar(f"{phase}/{row['metric']}", row["value"], step)
+                self.writer.add_scalar(f"{row['phase']}/{row['metric']}", row["value"], row["step"])
         with open(self.path, "a", newline="") as f:  # append: the file grows, never rewritten
             csv.DictWriter(f, fieldnames=self.FIELDS).writerows(rows)
 
