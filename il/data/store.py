@@ -817,7 +817,7 @@ def _os_error(error: OSError, path: str, doing: str) -> StoreError:
 def _check_writable(root: Path, name: str) -> None:
     """Fail at open, not at the first episode, when the store's folder takes no new files
     (a lock file left by an earlier writer opens even in a read-only folder)."""
-    probe = root / f".write-probe-{os.getpid()}"
+    probe = root / ".write-probe"  # one name: the writer lock is held, no other writer probes
     try:
         probe.touch()
         probe.unlink()
