@@ -334,12 +334,13 @@ class DemoStore:
         try:
             group = zarr.open_group(path, mode="r" if mode == "r" else "r+", zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as e:
-            if _is_local(path) and (_local_path(path) / "zarr.json").exists():
-                raise _metadata_error(path, None, e) from None  # there, but unreadable
-            raise StoreError(
+            not_a_store = StoreError(
                 f"{path} is not a DemoStore (no zarr 3 group there); give the path of a store "
                 "that `il record` made"
-            ) from None
+            )
+            if _is_local(path) and (_local_path(path) / "zarr.json").exists():
+                raise _metadata_error(path, None, e, otherwise=not_a_store) from None
+            raise not_a_store from None
         except OSError as e:
             raise _os_error(e, path, "reading") from None
         store = cls(group, path, writable=mode == "a")
@@ -825,8 +826,14 @@ def _check_writable(root: Path, name: str) -> None:
         raise _os_error(e, name, "opening it to append") from None
 
 
-def _metadata_error(path: str, schema: StoreSchema | None, error: Exception) -> StoreError:
-    """Which metadata document (`zarr.json`) of the store is missing or unreadable, in one line.
+def _metadata_error(
+    path: str,
+    schema: StoreSchema | None,
+    error: Exception,
+    otherwise: StoreError | None = None,
+) -> StoreError:
+    """Which metadata document (`zarr.json`) of the store is missing or unreadable, in one line
+    (`otherwise` when every document reads: the error was not about them).
 
     zarr names no file when a document is empty or cut short, so on a local disk every document
     the store needs is checked by itself."""
@@ -860,7 +867,11 @@ def _metadata_error(path: str, schema: StoreSchema | None, error: Exception) -> 
                 else "restore that file from a copy of the store; until then the store cannot "
                 "be read"
             )
-            return StoreDamagedError(f"{path}: the metadata of its {what} ({document}) {problem}; {fix}")
+            return StoreDamagedError(
+                f"{path}: the metadata of its {what} ({document}) {problem}; {fix}"
+            )
+    if otherwise is not None:
+        return otherwise
     return StoreDamagedError(
         f"{path}: the store's metadata cannot be read ({type(error).__name__}: {error}); "
         "restore it from a copy of the store, or record into a new path"
