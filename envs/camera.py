@@ -1,9 +1,9 @@
 """Pinhole camera models in the OpenCV convention, built from a MuJoCo camera.
 
-Motion-track policies predict pixels and lift them back to 3-D, and real cameras are calibrated
-in OpenCV's convention (x right, y down, z forward, pixel centres at integer coordinates), so the
-simulated cameras speak the same convention: a policy trained in sim then needs only a real
-camera's calibration, not a different geometry.
+Motion-track policies (not built yet; see the README) predict pixels and lift them back to
+3-D, and real cameras are calibrated in OpenCV's convention (x right, y down, z forward, pixel
+centres at integer coordinates), so the simulated cameras speak the same convention: a policy
+trained in sim then needs only a real camera's calibration, not a different geometry.
 
 MuJoCo's camera frame looks down its −z axis with y up; `R` below flips y and z to get OpenCV's.
 """

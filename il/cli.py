@@ -909,7 +909,7 @@ def train_(
                 bar.update(job, completed=step, status=status)
 
             last = train(config, resume=resume, on_step=on_step)
-    except (ConfigError, StoreError) as e:
+    except (ConfigError, StoreError, OSError) as e:  # OSError: the run folder's disk, mid-run
         raise UserError(str(e)) from None
     console.print(f"checkpoint: {last}")
     console.print(

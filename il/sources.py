@@ -9,7 +9,7 @@ The `Session` loop is the same for all of them: it handles the operator's events
 the cameras, the safety filter and the saving, and at each step of an episode asks its source
 for an action, given the policy observation and the teleop reading. A source never touches the
 robot, so each can be driven without one, and a method that learns from a person's corrections
-(RLIF, RT-H) reuses `InterventionSource` outside the CLI.
+(none is built yet) can reuse `InterventionSource` outside the CLI.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class InterventionSource(PolicySource):
     they toggled INTERVENE (until they toggle it back): their action is sent and the step is
     marked as an intervention. Handing back resets the policy, whose history predates the
     operator's moves. An episode with any intervention is stored as source=intervention, the
-    data that learning from corrections (HG-DAgger, RLIF, RT-H) takes.
+    data that learning from corrections (such as HG-DAgger) takes.
     """
 
     def __init__(self, policy: ActingPolicy, spec: ActionSpec, *, task: str = "") -> None:

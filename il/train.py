@@ -12,7 +12,8 @@ batches the uninterrupted run would have, and with the optimizer, scheduler, EMA
 restored it ends with the same weights.
 
 A run folder holds `config.yaml` (the resolved config), `metrics.csv`, TensorBoard events,
-`curves.png`, and `checkpoints/step_<N>/` with `last` pointing at the newest.
+`curves.png`, and `checkpoints/step_<N>/` with `last` pointing at the newest. It is written from
+the end of the first step on, so a run that fails before that leaves no folder behind.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from il.config import load_yaml
+from il.config import check_limits, limits, load_yaml
 from il.data.normalize import Normalizer
 from il.data.sampler import WindowSampler, intact, select_episodes, split_episodes, window_spec
 from il.data.store import DemoStore, StoreError
@@ -51,44 +52,45 @@ class ConfigError(Exception):
 
 @dataclass
 class TrainConfig:
-    """How to optimise. Every field can be set as `train.<field>=value`."""
+    """How to optimise. Every field can be set as `train.<field>=value`; a number outside its
+    field's `limits` is refused when the config is loaded."""
 
-    steps: int = 20_000
+    steps: int = field(default=20_000, metadata=limits(at_least=1))
     """Optimizer steps in total (a resumed run continues up to this number)."""
-    batch_size: int = 256
+    batch_size: int = field(default=256, metadata=limits(at_least=1))
     """Windows per step and per process."""
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 500
+    lr: float = field(default=1e-3, metadata=limits(above=0))
+    weight_decay: float = field(default=1e-4, metadata=limits(at_least=0))
+    warmup_steps: int = field(default=500, metadata=limits(at_least=0))
     """Linear warm-up of the learning rate, then a cosine decay to `lr * min_lr_ratio`."""
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
+    min_lr_ratio: float = field(default=0.0, metadata=limits(at_least=0, at_most=1))
+    grad_clip: float = field(default=1.0, metadata=limits(at_least=0))
     """Clip the gradient norm to this (0 = no clipping)."""
-    ema_decay: float = 0.999
+    ema_decay: float = field(default=0.999, metadata=limits(at_least=0, below=1))
     """Decay of the weights' moving average (0 = no EMA: checkpoints hold the raw weights)."""
-    val_fraction: float = 0.05
+    val_fraction: float = field(default=0.05, metadata=limits(at_least=0, below=1))
     """Fraction of episodes held out for the validation loss."""
-    val_every: int = 1000
-    val_batches: int = 8
+    val_every: int = field(default=1000, metadata=limits(at_least=1))
+    val_batches: int = field(default=8, metadata=limits(at_least=1))
     val_at_start: bool = False
     """Also measure the validation loss at step 0, before the first update (a fresh run)."""
-    seed: int = 0
-    num_workers: int = 0
+    seed: int = field(default=0, metadata=limits(at_least=0))
+    num_workers: int = field(default=0, metadata=limits(at_least=0))
     """DataLoader worker processes producing batches (0 = in the training process)."""
-    log_every: int = 100
-    save_every: int = 5000
+    log_every: int = field(default=100, metadata=limits(at_least=1))
+    save_every: int = field(default=5000, metadata=limits(at_least=1))
     """Steps between checkpoints (the final one is always saved)."""
-    eval_every: int = 0
+    eval_every: int = field(default=0, metadata=limits(at_least=0))
     """Steps between evaluations in the env (0 = none)."""
-    eval_episodes_per_task: int = 5
-    eval_workers: int = 1
+    eval_episodes_per_task: int = field(default=5, metadata=limits(at_least=1))
+    eval_workers: int = field(default=1, metadata=limits(at_least=1))
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."""
     amp: str = "auto"
     """Mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off."""
     compile: bool = False
     """torch.compile the policy (CUDA; slower to start)."""
-    threads: int = 0
+    threads: int = field(default=0, metadata=limits(at_least=0))
     """torch CPU threads (0 = torch's default)."""
 
 
@@ -108,7 +110,7 @@ class DataConfig:
     """Only these episodes, by index in the store (default: all that pass the other filters)."""
     normalize: dict[str, str] = field(default_factory=lambda: {"action": "min_max"})
     """Normalization mode per key; vector observations default to mean_std, images to none."""
-    memory_gb: float = 0.25
+    memory_gb: float = field(default=0.25, metadata=limits(at_least=0))
     """RAM for holding the store's keys decoded (smallest keys first; each DataLoader worker
     holds its own copy). A key that does not fit is decoded from disk chunk by chunk at every
     batch: for two 84x84 cameras at batch 64 that is about a quarter of the image preset's step
@@ -160,7 +162,19 @@ def load_config(
         base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
         raise ConfigError(_config_message(e, base)) from None
-    return _to_run_config(base, policy)
+    config = _to_run_config(base, policy)
+    check_run_config(config)
+    return config
+
+
+def check_run_config(config: RunConfig) -> None:
+    """A `ConfigError` naming the first number outside its field's range (`train.lr must be a
+    finite number > 0, got nan`): checked when a config is loaded, before any data is read, and
+    again by `train` for configs built in code."""
+    try:
+        check_limits(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _schema(policy: str) -> DictConfig:
@@ -193,7 +207,10 @@ def _to_run_config(cfg: DictConfig, policy: str) -> RunConfig:
 
 
 def save_config(config: RunConfig, path: Path) -> None:
-    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    """Written whole or not at all: a resumed run reads its config back from here."""
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    os.replace(staging, path)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -434,7 +451,13 @@ def train(
     resume: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> Path:
-    """Train `config.policy` on `config.data`; returns the final checkpoint folder."""
+    """Train `config.policy` on `config.data`; returns the final checkpoint folder.
+
+    The run folder's files (`config.yaml`, `metrics.csv`, TensorBoard events) are written once
+    the first step has been taken, not before: a run that fails or is interrupted before it
+    (data that cannot be read, a model that does not fit, Ctrl-C) leaves no folder that looks
+    like a run, and a resumed run that fails so leaves its folder as it was."""
+    check_run_config(config)
     tc = config.train
     dist_info = init_distributed(tc.device)
     device = pick_device(tc.device)
@@ -461,7 +484,8 @@ def train(
         if not resume:
             policy.on_train_start()  # e.g. load pretrained weights; a resumed run has its own
     except (ValueError, text.TextModelMissing) as e:
-        raise ConfigError(f"model: {e}") from None
+        named = str(e).startswith("model.")  # the message names its key already
+        raise ConfigError(str(e) if named else f"model: {e}") from None
     ema = EMA(policy, tc.ema_decay) if tc.ema_decay > 0 else None
     params = list(policy.parameters())
     # The fused kernel updates every tensor in one pass: on a CPU the per-tensor loop of the
@@ -471,6 +495,11 @@ def train(
     start = 0
     if resume:
         start = _load_training_state(state_file, policy, ema, optimizer, scheduler)
+        if start >= tc.steps:
+            raise ConfigError(
+                f"{out} has already taken {start} steps, train.steps={tc.steps}; to continue "
+                f"it give train.steps above {start}"
+            )
     model: nn.Module = policy
     if dist_info.world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -481,9 +510,6 @@ def train(
     dtype = amp_dtype(tc.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-    if dist_info.main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
     logger = _Logger(out, enabled=dist_info.main, resume=resume)
     batches = _loader(data, tc, dist_info.rank, start, device)
     if tc.val_at_start and start == 0 and data.val is not None:
@@ -506,6 +532,8 @@ def train(
         if ema is not None:
             ema.update()
         done = step + 1
+        if done == start + 1 and dist_info.main:
+            _open_run_folder(out, config, logger)
         metrics["lr"] = scheduler.get_last_lr()[0]
         if done % tc.log_every == 0 or done == tc.steps:
             metrics["loss"] = float(loss.detach())
@@ -532,6 +560,26 @@ def train(
 
         dist.barrier()
     return last_dir
+
+
+def _open_run_folder(out: Path, config: RunConfig, logger: _Logger) -> None:
+    """Create the run folder's files, after the first step. If that fails (a full disk), what
+    it created is removed again, and never what was there before."""
+    made = [p for p in (out, *out.parents) if not p.exists()]
+    files = [out / "config.yaml", out / "metrics.csv", out / "tensorboard"]
+    new_files = [p for p in files if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+        logger.open()
+    except BaseException:
+        logger.close()
+        for path in [made[-1]] if made else new_files:  # the topmost folder made here
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
 
 
 def _loader(
@@ -659,12 +707,21 @@ class _Logger:
 
     def __init__(self, out: Path, enabled: bool, resume: bool) -> None:
         self.enabled = enabled
+        self.out = out
+        self.resume = resume
         self.rows: list[dict[str, Any]] = []
         self.path = out / "metrics.csv"
         self.writer = None
-        if not enabled:
+        self.pending: list[dict[str, Any]] = []
+        """Rows logged before `open` (a validation loss at step 0), written when it opens."""
+        self.opened = False
+
+    def open(self) -> None:
+        """Start the files (the run's first step is done): read a resumed run's rows, or write
+        the header, and the rows logged so far."""
+        if not self.enabled:
             return
-        if resume and self.path.exists():
+        if self.resume and self.path.exists():
             with open(self.path) as f:
                 self.rows = list(csv.DictReader(f))
         else:
@@ -672,16 +729,25 @@ class _Logger:
                 csv.DictWriter(f, fieldnames=self.FIELDS).writeheader()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(out / "tensorboard"))
+        self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        self.opened = True
+        pending, self.pending = self.pending, []
+        self._write(pending)
 
     def log(self, step: int, phase: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
         rows = [{"step": step, "phase": phase, "metric": k, "value": v} for k, v in metrics.items()]
+        if self.opened:
+            self._write(rows)
+        else:
+            self.pending += rows
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
         self.rows += rows
         for row in rows:
             if self.writer is not None:
-                self.writer.add_scalar(f"{phase}/{row['metric']}", row["value"], step)
+                self.writer.add_scalar(f"{row['phase']}/{row['metric']}", row["value"], row["step"])
         with open(self.path, "a", newline="") as f:  # append: the file grows, never rewritten
             csv.DictWriter(f, fieldnames=self.FIELDS).writerows(rows)
 

@@ -12,14 +12,16 @@ What the filter does, in order, for each action convention (`ActionSpec.kind`):
   spec bounds.
 * "ee_delta" (dims 0-2 are the x, y, z displacement in length units "m", "cm" or "mm", the
   rest orientation/gripper): per-step limit on every dim (default: the spec bounds); speed
-  limit: the translation is scaled down, direction kept, so |translation| / period <=
-  `max_speed` (m/s); workspace: the next position, `ee_pos` (metres) plus the translation, is
-  clamped per axis into the box. An axis already outside the box may move back toward it but
-  never further out, so an arm that starts outside can always be brought back.
+  limits: the translation and the rotation (the further dims in "rad" or "deg", a rotation
+  increment such as a rotation vector) are scaled down together, direction kept, so
+  |translation| <= `max_speed` (m/s) x time and |rotation| <= `max_angular_speed` (rad/s) x
+  time; workspace: the next position, `ee_pos` (metres) plus the translation, is clamped per
+  axis into the box. An axis already outside the box may move back toward it but never further
+  out, so an arm that starts outside can always be brought back.
 * "ee_absolute" (dims 0-2 are the target x, y, z in length units): the target is clamped into
   the box; an explicit `max_step` limits |target - ee_pos| per axis and `max_speed` limits the
-  distance from `ee_pos` to the target per period (direction kept). Orientation and gripper
-  dims get the bounds only: the observation does not give their current value.
+  distance from `ee_pos` to the target (direction kept). Orientation and gripper dims get the
+  bounds only: the observation does not give their current value.
 * "joint_delta": per-step limit on every dim; speed limit on the dims in angular units ("rad",
   "deg"): scaled together, so the motion keeps its direction in joint space, until the fastest
   joint moves at `max_speed` rad/s.
@@ -27,8 +29,22 @@ What the filter does, in order, for each action convention (`ActionSpec.kind`):
   len(joint_pos) dims: an explicit `max_step` limits |target - joint_pos| and `max_speed`
   scales the angular part of (target - joint_pos) as for joint_delta. Further dims (a gripper)
   get the bounds only.
+* The gripper (any dim that is neither a length nor an angle) is never slowed: scaling a grip
+  effort or an opening down would loosen the grip, not slow an arm.
 * A workspace box needs an end-effector convention: joint conventions would need forward
   kinematics, so `SafetyConfig.check` refuses the combination instead of ignoring the box.
+
+Speeds are per second of wall-clock time, not per command. `filter_command` takes the
+seconds of motion a command may use (`time_budget`, default one `period`); `SafeRobot` keeps
+that budget from a monotonic clock: it grows with the time that passes, each command spends
+what its motion takes at the speed limits, and it never holds more than `BANKED_PERIODS`
+periods. So a caller that commands faster than the control rate gets proportionally smaller
+steps (the arm keeps to its speed; the filter reports "command_rate"); one at the control rate
+gets a full step every period, even when a step starts up to half a period early after a late
+one; the first command after connecting gets a full step; and a pause banks at most 1.5
+periods: after it, the arm moves one step and a half, not a burst. A single command never moves
+more than `period` x the speed limits ("velocity"), whatever the budget. Over any stretch of
+time T the arm is sent at most (T + 1.5 periods) x the speed limits.
 
 A check that needs the arm's state ("ee_pos", "joint_pos") and does not find it, finite, in the
 observation holds the arm: the filter never lets a command through unchecked. For "ee_delta" the
@@ -45,7 +61,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +71,9 @@ import numpy as np
 from robots.base import ActionSpec, DriverError, Robot
 
 __all__ = [
+    "BANKED_PERIODS",
     "BOUNDS",
+    "COMMAND_RATE",
     "ESTOP",
     "NON_FINITE",
     "NO_STATE",
@@ -76,12 +94,16 @@ NON_FINITE = "non_finite"
 BOUNDS = "bounds"
 STEP_LIMIT = "step_limit"
 VELOCITY = "velocity"
+COMMAND_RATE = "command_rate"  # cut to the speed limits x the time since the previous command
 WORKSPACE = "workspace"
 NO_STATE = "no_state"
 ESTOP = "estop"
 WATCHDOG = "watchdog"
 
 KINDS = ("ee_delta", "ee_absolute", "joint_delta", "joint_absolute")
+BANKED_PERIODS = 1.5
+"""The most motion time, in control periods, a pause can bank: one step, plus half a period so
+that a loop at the control rate whose step comes early after a late one loses nothing."""
 LENGTH_UNITS = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 ANGLE_UNITS = {"rad": 1.0, "deg": math.pi / 180.0}
 STATE_KEYS = ("ee_pos", "ee_setpoint", "joint_pos")  # what the filter reads from an observation
@@ -104,10 +126,13 @@ class SafetyConfig:
     stay in. `max_step`: the largest |value| per action dim (delta conventions) or the largest
     change from the current state per step (absolute conventions), in the action's units; one
     number for every dim or one per dim; unset, the spec bounds are the limit. `max_speed`:
-    end-effector speed in m/s (ee conventions) or joint speed in rad/s (joint conventions).
-    `period`: the control period in seconds the speed limit and watchdog are measured against;
-    unset, `SafeRobot` takes 1 / robot.fps. `watchdog_periods`: hold the arm when no command
-    arrived for this many periods; None disables the watchdog.
+    end-effector speed in m/s (ee conventions) or joint speed in rad/s (joint conventions), per
+    second of wall-clock time however fast commands arrive. `max_angular_speed`: end-effector
+    rotation speed in rad/s (ee_delta with rotation dims in "rad" or "deg"). `period`: the
+    control period in seconds; a single command moves at most one period at the speed limits,
+    a pause banks at most `BANKED_PERIODS` (1.5) periods of motion, and the watchdog counts in
+    periods; unset, `SafeRobot` takes 1 / robot.fps. `watchdog_periods`: hold the arm when no
+    command arrived for this many periods; None disables the watchdog.
     """
 
     workspace_low: tuple[float, ...] | None = None
@@ -116,6 +141,7 @@ class SafetyConfig:
     max_speed: float | None = None
     period: float | None = None
     watchdog_periods: int | None = 5
+    max_angular_speed: float | None = None
 
     def __post_init__(self) -> None:
         if (self.workspace_low is None) != (self.workspace_high is None):
@@ -134,7 +160,7 @@ class SafetyConfig:
             if not step or min(step) < 0:
                 raise ValueError(f"safety config: max_step must be >= 0, got {list(step)}")
             object.__setattr__(self, "max_step", step[0] if np.ndim(self.max_step) == 0 else step)
-        for name in ("max_speed", "period"):
+        for name in ("max_speed", "max_angular_speed", "period"):
             value = getattr(self, name)
             if value is not None:
                 if not (math.isfinite(float(value)) and float(value) > 0):
@@ -194,6 +220,7 @@ class _Plan:
     step: np.ndarray | None  # per-dim limit, (dim,)
     length_scale: np.ndarray | None  # metres per unit of dims 0-2 (ee conventions)
     angle_scale: np.ndarray | None  # rad per unit, 0 for non-angular dims (joint conventions)
+    rotation_scale: np.ndarray | None = None  # rad per unit, 0 off the rotation dims (ee_delta)
 
 
 def _plan(spec: ActionSpec, config: SafetyConfig) -> _Plan:
@@ -210,20 +237,36 @@ def _plan(spec: ActionSpec, config: SafetyConfig) -> _Plan:
                 f"safety config: max_step has {step.size} values but the action has {spec.dim} "
                 f"dims {spec.names}; give one number or one per dim"
             )
-    if config.max_speed is not None and config.period is None:
-        raise ValueError("safety config: max_speed needs period (seconds per control step)")
-    length_scale = angle_scale = None
+    for name in ("max_speed", "max_angular_speed"):
+        if getattr(config, name) is not None and config.period is None:
+            raise ValueError(f"safety config: {name} needs period (seconds per control step)")
+    length_scale = angle_scale = rotation_scale = None
+    units = spec.units or ("",) * spec.dim
+    if config.max_angular_speed is not None:
+        if kind != "ee_delta":
+            raise ValueError(
+                f"safety config: max_angular_speed limits end-effector rotation increments "
+                f"(ee_delta); this robot takes {kind}: remove it"
+                + (" (max_speed is the joint speed)" if kind.startswith("joint") else "")
+            )
+        if not any(u in ANGLE_UNITS for u in units[3:]):
+            raise ValueError(
+                f"safety config: max_angular_speed needs rotation dims in rad or deg; dims "
+                f"{spec.names[3:]} have units {units[3:]}: remove it"
+            )
     if kind.startswith("ee"):
         if spec.dim < 3:
             raise ValueError(f"safety filter: {kind} needs x, y, z as dims 0-2, got {spec.names}")
-        units = spec.units[:3]
+        xyz = units[:3]
         needs_length = config.workspace_low is not None or config.max_speed is not None
-        if needs_length and any(u not in LENGTH_UNITS for u in units):
+        if needs_length and any(u not in LENGTH_UNITS for u in xyz):
             raise ValueError(
-                f"safety filter: dims {spec.names[:3]} have units {units}; the workspace and "
+                f"safety filter: dims {spec.names[:3]} have units {xyz}; the workspace and "
                 f"speed limits need lengths ({', '.join(LENGTH_UNITS)})"
             )
-        length_scale = np.array([LENGTH_UNITS.get(u, 1.0) for u in units])
+        length_scale = np.array([LENGTH_UNITS.get(u, 1.0) for u in xyz])
+        if kind == "ee_delta":
+            rotation_scale = np.array([0.0] * 3 + [ANGLE_UNITS.get(u, 0.0) for u in units[3:]])
         if kind == "ee_delta" and (np.any(spec.low[:3] > 0) or np.any(spec.high[:3] < 0)):
             raise ValueError(
                 f"safety filter: ee_delta bounds of {spec.names[:3]} must include 0 (no motion), "
@@ -235,8 +278,8 @@ def _plan(spec: ActionSpec, config: SafetyConfig) -> _Plan:
                 f"safety config: a workspace box needs an end-effector action convention; this "
                 f"robot takes {kind}: remove workspace_low/high or use an ee_* driver"
             )
-        angle_scale = np.array([ANGLE_UNITS.get(u, 0.0) for u in spec.units])
-    return _Plan(step, length_scale, angle_scale)
+        angle_scale = np.array([ANGLE_UNITS.get(u, 0.0) for u in units])
+    return _Plan(step, length_scale, angle_scale, rotation_scale)
 
 
 @dataclass(frozen=True)
@@ -244,11 +287,14 @@ class FilterResult:
     """The action to send and why it differs from the one asked for.
 
     `reasons` lists the checks that changed it (constants of this module); `held` says it was
-    replaced by the hold action rather than adjusted."""
+    replaced by the hold action rather than adjusted; `travel_time` is how long its motion takes
+    at the speed limits (seconds, 0 without them): what `SafeRobot` spends of the time that has
+    passed since the previous command."""
 
     action_sent: np.ndarray
     reasons: tuple[str, ...] = ()
     held: bool = False
+    travel_time: float = 0.0
 
 
 def _held(hold: np.ndarray | None, spec: ActionSpec, *reasons: str) -> FilterResult:
@@ -283,9 +329,40 @@ def _state(state: Mapping[str, Any] | None, key: str, size: int) -> np.ndarray |
     return v
 
 
-def _scale_to(d: np.ndarray, norm: float, limit: float) -> np.ndarray:
+def _ee_delta_time(a: np.ndarray, plan: _Plan, config: SafetyConfig) -> float:
+    """Seconds the ee_delta motion `a` takes at the speed limits (0 with none set)."""
+    need = 0.0
+    if config.max_speed is not None:
+        need = float(np.linalg.norm(a[:3] * plan.length_scale)) / config.max_speed
+    if config.max_angular_speed is not None:
+        turn = float(np.linalg.norm(a * plan.rotation_scale))
+        need = max(need, turn / config.max_angular_speed)
+    return need
+
+
+def _joint_time(motion: np.ndarray, angle_scale: np.ndarray, config: SafetyConfig) -> float:
+    """Seconds the joint motion takes with its fastest joint at `max_speed` (0 when unset)."""
+    if config.max_speed is None:
+        return 0.0
+    fastest = float(np.max(np.abs(motion) * angle_scale, initial=0.0))
+    return fastest / config.max_speed
+
+
+def _speed_factor(
+    need: float, config: SafetyConfig, time_budget: float | None, reasons: list[str]
+) -> float:
+    """How much to shrink a motion that takes `need` seconds at the speed limits so that it
+    fits one period and the time budget (1.0: it fits), noting which of the two it broke."""
+    period = float(config.period)  # set: `_plan` refuses speed limits without one
+    allowed = period if time_budget is None else min(period, max(float(time_budget), 0.0))
+    if need <= allowed:
+        return 1.0
+    if need > period:
+        reasons.append(VELOCITY)
+    if allowed < min(need, period):
+        reasons.append(COMMAND_RATE)
     # A hair under the limit, so float rounding never leaves the result just above it.
-    return d * (limit / norm * (1.0 - 1e-12))
+    return allowed / need * (1.0 - 1e-12)
 
 
 def filter_command(
@@ -294,14 +371,18 @@ def filter_command(
     spec: ActionSpec,
     config: SafetyConfig,
     hold: np.ndarray | None = None,
+    time_budget: float | None = None,
 ) -> FilterResult:
     """The action that is safe to send for `action`, given the arm's latest observation.
 
     Pure: the same inputs always give the same output, so it can be tested exhaustively.
     `state` is an observation ("ee_pos" in metres, "joint_pos" in the action's units); `hold`
-    is the robot's hold action (delta conventions default to zeros). The module docstring says
-    what is checked for each convention. Raises ValueError for an action of the wrong shape or
-    limits that do not fit the spec: those are programming errors, not unsafe values.
+    is the robot's hold action (delta conventions default to zeros); `time_budget` is how many
+    seconds of motion at the speed limits this command may use (`SafeRobot` passes the time
+    since the previous command, see the module docstring; None: one period). The module
+    docstring says what is checked for each convention. Raises ValueError for an action of the
+    wrong shape or limits that do not fit the spec: those are programming errors, not unsafe
+    values.
     """
     plan = _plan(spec, config)
     try:
@@ -325,16 +406,19 @@ def filter_command(
     kind = spec.kind
     if kind.endswith("delta") and plan.step is not None:
         a = note(np.clip(a, -plan.step, plan.step), a, STEP_LIMIT)
+    p = q = None  # the measured position the motion of an absolute target starts from
 
     if kind == "ee_delta":
         scale = plan.length_scale
+        need = _ee_delta_time(a, plan, config)
+        if need > 0:
+            factor = _speed_factor(need, config, time_budget, reasons)
+            if factor < 1.0:
+                # Translation and rotation shrink together: the hand keeps its path.
+                moving = plan.rotation_scale > 0
+                moving[:3] = True
+                a[moving] *= factor
         t = a[:3] * scale  # metres
-        if config.max_speed is not None:
-            limit, norm = config.max_speed * config.period, float(np.linalg.norm(t))
-            if norm > limit:
-                t = _scale_to(t, norm, limit)
-                a[:3] = t / scale
-                reasons.append(VELOCITY)
         if config.workspace_low is not None:
             # Deltas add to the controller's setpoint, which runs ahead of a lagging hand: bound
             # the setpoint when the robot reports one, else the measured position.
@@ -378,21 +462,19 @@ def filter_command(
                     reasons.append(STEP_LIMIT)
             if config.max_speed is not None:
                 d = target - p
-                limit, norm = config.max_speed * config.period, float(np.linalg.norm(d))
-                if norm > limit:
-                    target, changed = p + _scale_to(d, norm, limit), True
-                    reasons.append(VELOCITY)
+                need = float(np.linalg.norm(d)) / config.max_speed
+                factor = _speed_factor(need, config, time_budget, reasons)
+                if factor < 1.0:
+                    target, changed = p + d * factor, True
         if changed:
             a[:3] = target / scale
 
     elif kind == "joint_delta":
-        if config.max_speed is not None:
-            rates = np.abs(a) * plan.angle_scale / config.period
-            fastest = float(rates.max(initial=0.0))
-            if fastest > config.max_speed:
-                angular = plan.angle_scale > 0
-                a[angular] = _scale_to(a[angular], fastest, config.max_speed)
-                reasons.append(VELOCITY)
+        need = _joint_time(a, plan.angle_scale, config)
+        if need > 0:
+            factor = _speed_factor(need, config, time_budget, reasons)
+            if factor < 1.0:
+                a[plan.angle_scale > 0] *= factor
 
     else:  # joint_absolute
         if config.max_step is not None or config.max_speed is not None:
@@ -404,19 +486,41 @@ def filter_command(
             if plan.step is not None:
                 near = np.clip(a[:n], q - plan.step[:n], q + plan.step[:n])
                 a[:n] = note(near, a[:n], STEP_LIMIT)
-            if config.max_speed is not None:
-                d = a[:n] - q
-                rates = np.abs(d) * plan.angle_scale[:n] / config.period
-                fastest = float(rates.max(initial=0.0))
-                if fastest > config.max_speed:
+            need = _joint_time(a[:n] - q, plan.angle_scale[:n], config)
+            if need > 0:
+                factor = _speed_factor(need, config, time_budget, reasons)
+                if factor < 1.0:
                     angular = plan.angle_scale[:n] > 0
-                    a[:n][angular] = q[angular] + _scale_to(d[angular], fastest, config.max_speed)
-                    reasons.append(VELOCITY)
+                    a[:n][angular] = q[angular] + (a[:n][angular] - q[angular]) * factor
 
     # Only bites when the current state itself lies outside the bounds (absolute conventions)
     # or on a dim whose bounds exclude 0: the command the robot accepts wins.
     a = note(np.clip(a, spec.low, spec.high), a, BOUNDS)
-    return FilterResult(a, tuple(reasons), False)
+    return FilterResult(a, tuple(reasons), False, _travel_time(a, kind, plan, config, p, q))
+
+
+def _travel_time(
+    a: np.ndarray,
+    kind: str,
+    plan: _Plan,
+    config: SafetyConfig,
+    p: np.ndarray | None,
+    q: np.ndarray | None,
+) -> float:
+    """Seconds the action to be sent takes at the speed limits: what it spends of the budget.
+    Measured on the final action, so a workspace clamp that shortened it spends less."""
+    if kind == "ee_delta":
+        return _ee_delta_time(a, plan, config)
+    if kind == "ee_absolute":
+        if config.max_speed is None or p is None:
+            return 0.0
+        return float(np.linalg.norm(a[:3] * plan.length_scale - p)) / config.max_speed
+    if kind == "joint_delta":
+        return _joint_time(a, plan.angle_scale, config)
+    if q is None:
+        return 0.0
+    n = q.size
+    return _joint_time(a[:n] - q, plan.angle_scale[:n], config)
 
 
 def _state_copy(obs: Mapping[str, Any]) -> dict[str, Any]:
@@ -439,9 +543,20 @@ class SafeRobot(Robot):
     observes is left alone. One lock serializes every call into the driver. The driver's
     `hold()` is asked on every command, so the replacement for a rejected command always
     reflects the current state.
+
+    The speed limits hold per second of `clock` time (monotonic seconds; a test may pass a
+    clock it drives): each command may move for the time since the previous one plus what that
+    one left unused, banked up to `BANKED_PERIODS` periods (the module docstring says why). The
+    budget starts full on connect, so the first command moves a full step.
     """
 
-    def __init__(self, robot: Robot, config: SafetyConfig | None = None) -> None:
+    def __init__(
+        self,
+        robot: Robot,
+        config: SafetyConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if isinstance(robot, SafeRobot):
             raise ValueError("SafeRobot: this robot is already wrapped; pass it as it is")
         config = config or SafetyConfig()
@@ -464,6 +579,10 @@ class SafeRobot(Robot):
         self._commands = 0
         self._last_result: FilterResult | None = None
         self._last_command: float | None = None  # monotonic; None until the first command
+        self._clock = clock
+        self._budget = 0.0  # seconds of motion at the speed limits the next command may use
+        self._budget_at: float | None = None  # clock time of `_budget`; None: full (a start)
+        self._rate_warned = False
         self._stalled = False
         self._watchdog_trips = 0
         self._watchdog_holds = 0
@@ -523,6 +642,7 @@ class SafeRobot(Robot):
             self._robot.disconnect()
             self._last_command = None
             self._stalled = False
+            self._budget_at = None
 
     def __enter__(self) -> SafeRobot:
         self.connect()
@@ -548,11 +668,43 @@ class SafeRobot(Robot):
             else:
                 if not self._fresh:
                     self._latest = _state_copy(self._robot.observe())
-                result = filter_command(action, self._latest, self.action_spec, self._config, hold)
+                result = filter_command(
+                    action,
+                    self._latest,
+                    self.action_spec,
+                    self._config,
+                    hold,
+                    time_budget=self._take_budget(),
+                )
+                self._budget = max(0.0, self._budget - result.travel_time)
             self._fresh = False
             self._rejections.update(result.reasons)
             self._last_result = result
+            if COMMAND_RATE in result.reasons and not self._rate_warned:
+                self._rate_warned = True
+                log.warning(
+                    "%s: commands arrive faster than its control rate (%.4g Hz); each moves only "
+                    "as far as the speed limits allow in the time since the previous one",
+                    self.name,
+                    1.0 / self._config.period,
+                )
             return self._robot.command(result.action_sent)
+
+    def _take_budget(self) -> float | None:
+        """The seconds of motion this command may use: what the previous one left plus the
+        time since, banked up to `BANKED_PERIODS` periods (full at the first command). None
+        without a period."""
+        period = self._config.period
+        if period is None:
+            return None
+        now = self._clock()
+        most = BANKED_PERIODS * period
+        if self._budget_at is None:
+            self._budget = most
+        else:
+            self._budget = min(most, self._budget + max(0.0, now - self._budget_at))
+        self._budget_at = now
+        return self._budget
 
     @property
     def last_result(self) -> FilterResult | None:

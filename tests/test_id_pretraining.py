@@ -151,6 +151,18 @@ def test_the_experiment_refuses_a_leaking_split() -> None:
         make_config(module, ["pretrain_tasks=[door-open-v3,door-lock-v3]"])
     with pytest.raises(ExperimentError, match="overlap"):
         make_config(module, ["demo_seed=10"])
+    with pytest.raises(ExperimentError, match="demo_pool=5 is smaller than demos=10"):
+        make_config(module, ["demo_pool=5"])
+
+
+def test_each_seed_draws_its_own_demos_from_the_pool() -> None:
+    from il.methods.id_pretraining.pipeline import draw_demos
+
+    config = make_config(load("id-door"), [])
+    pool = np.arange(config.demo_pool)
+    draws = {tuple(draw_demos(pool, n, seed)) for n in config.demos for seed in range(config.seeds)}
+    assert len(draws) == len(config.demos) * config.seeds  # no two seeds share their demos
+    assert all(len(set(d)) == len(d) for d in draws)
 
 
 def _synthetic_store(path: Path, tasks: list[str], episodes: int = 3, length: int = 12) -> str:

@@ -14,15 +14,19 @@ from hypothesis import strategies as st
 
 from robots.base import ActionSpec, Robot
 from robots.safety import (
+    BANKED_PERIODS,
+    COMMAND_RATE,
     ESTOP,
     NO_STATE,
     NON_FINITE,
+    VELOCITY,
     WATCHDOG,
     WORKSPACE,
     SafeRobot,
     SafetyConfig,
     filter_command,
 )
+from robots.sim import SIM_SAFETY, SimArm
 
 ROOT = Path(__file__).resolve().parents[1]
 METRES = {"m": 1.0, "cm": 0.01, "mm": 0.001}
@@ -38,6 +42,18 @@ sane = st.floats(-3.0, 3.0, allow_nan=False)
 def meta_world_spec() -> ActionSpec:
     return ActionSpec(
         "ee_delta", ("x", "y", "z", "grip"), ("cm", "cm", "cm", "1"), -np.ones(4), np.ones(4)
+    )
+
+
+def ur_servol_spec() -> ActionSpec:
+    """A UR arm's servoL convention at 125 Hz: 2 mm and 8 mrad per step, then the gripper."""
+    step, turn = 0.002, 0.008
+    return ActionSpec(
+        "ee_delta",
+        ("x", "y", "z", "roll", "pitch", "yaw", "gripper"),
+        ("m", "m", "m", "rad", "rad", "rad", "1"),
+        np.array([-step] * 3 + [-turn] * 3 + [-1.0]),
+        np.array([step] * 3 + [turn] * 3 + [1.0]),
     )
 
 
@@ -156,6 +172,21 @@ def test_ee_delta_sent_action_is_always_safe(case):
     if not np.all(np.isfinite(action)):
         assert result.held and NON_FINITE in result.reasons
         assert np.array_equal(sent, np.zeros(4))
+
+
+@FAST
+@given(ee_delta_case(), st.floats(-0.01, 0.2))
+def test_a_command_moves_no_further_than_its_time_budget_allows(case, budget):
+    spec, config, action, state = case
+    result = filter_command(action, state, spec, config, time_budget=budget)
+    at_rate = filter_command(action, state, spec, config)
+    if config.max_speed is None or result.held:
+        return
+    allowed = min(max(budget, 0.0), config.period)
+    t = translation_m(spec, result.action_sent)
+    assert np.linalg.norm(t) <= config.max_speed * allowed * (1 + TOL) + TOL
+    assert result.travel_time <= allowed * (1 + TOL) + TOL
+    assert result.action_sent[3] == at_rate.action_sent[3]  # the budget never moves the gripper
 
 
 @FAST
@@ -286,6 +317,14 @@ def test_config_errors_say_what_to_fix():
         SafeRobot(ToyArm(), SafetyConfig())
     with pytest.raises(ValueError, match="has 3 values"):
         filter_command(np.zeros(3), None, meta_world_spec(), SafetyConfig())
+    with pytest.raises(ValueError, match="max_angular_speed needs period"):
+        SafetyConfig(max_angular_speed=1.0).check(ur_servol_spec())
+    with pytest.raises(ValueError, match=r"rotation increments \(ee_delta\).*joint speed"):
+        SafetyConfig(max_angular_speed=1.0, period=0.01).check(joints)
+    with pytest.raises(ValueError, match="needs rotation dims in rad or deg"):
+        SafetyConfig(max_angular_speed=1.0, period=0.01).check(meta_world_spec())
+    with pytest.raises(ValueError, match="max_angular_speed must be a positive number"):
+        SafetyConfig.from_dict({"max_angular_speed": -1})
 
 
 def no_watchdog(**kw) -> SafetyConfig:
@@ -391,3 +430,255 @@ def test_home_makes_the_next_command_observe_afresh():
         assert robot.home(3) is None  # a real arm's home does nothing
         robot.command(np.zeros(4))
         assert arm.observations == 2
+
+
+# --------------------------------------------------------------------------- speed per second
+class Clock:
+    """A monotonic clock the test moves by hand, so command timing is exact and repeatable."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class ToyJoints(Robot):
+    """Two joints (rad and deg) and a gripper (% open) that reach each target at once."""
+
+    name = "toy-joints"
+
+    def __init__(self) -> None:
+        self.joint_pos = np.zeros(3)
+        self.sent: list[np.ndarray] = []
+
+    @property
+    def action_spec(self) -> ActionSpec:
+        units = ("rad", "deg", "%")
+        return ActionSpec(
+            "joint_absolute", ("j0", "j1", "grip"), units, [-3, -180, 0], [3, 180, 100]
+        )
+
+    @property
+    def observation_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"joint_pos": (3,)}
+
+    @property
+    def fps(self) -> float:
+        return 30.0
+
+    @property
+    def is_connected(self) -> bool:
+        return True
+
+    def connect(self) -> None:
+        pass
+
+    def disconnect(self) -> None:
+        pass
+
+    def hold(self) -> np.ndarray:
+        return self.joint_pos.copy()
+
+    def observe(self) -> dict:
+        return {"joint_pos": self.joint_pos.copy(), "timestamp": time.time()}
+
+    def command(self, action: np.ndarray) -> np.ndarray:
+        self.joint_pos = np.array(action, dtype=np.float64)
+        self.sent.append(self.joint_pos)
+        return self.joint_pos
+
+
+def moved_m(sent: list[np.ndarray]) -> np.ndarray:
+    """|x, y, z| of each Meta-World-convention action (cm), in metres."""
+    return np.array([np.linalg.norm(a[:3]) * 0.01 for a in sent])
+
+
+def test_commands_faster_than_the_control_rate_keep_to_the_speed_limit():
+    clock = Clock()
+    arm = ToyArm(fps=80.0)
+    speed, period = 0.4, 1 / 80
+    ask = np.array([1.0, 1.0, 0.0, -1.0])  # the full bounds on a diagonal: 1.41 cm
+    rng = np.random.default_rng(0)
+    with SafeRobot(arm, no_watchdog(max_speed=speed), clock=clock) as robot:
+        late = 0.0
+        for _ in range(200):  # at the control rate
+            robot.command(ask)
+            # the loop's next step is due a period after this one was, and wakes up to 0.45
+            # periods late: a late step is followed by an early one
+            wake = rng.uniform(0.0, 0.45 * period)
+            clock.advance(period - late + wake)
+            late = wake
+        assert robot.rejections == {VELOCITY: 200}
+        at_rate, arm.sent = arm.sent, []
+        clock.advance(period)
+        for _ in range(200):  # then at 1 kHz
+            robot.command(ask)
+            clock.advance(0.001)
+        assert robot.last_result.reasons == (VELOCITY, COMMAND_RATE)
+        assert robot.rejections[COMMAND_RATE] == 199
+    # At the control rate every command is a full step at max_speed, jitter or not.
+    np.testing.assert_allclose(moved_m(at_rate), speed * period)
+    # At 1 kHz a full step (banked at the control rate), then 1 ms worth each.
+    fast = moved_m(arm.sent)
+    assert fast[0] == pytest.approx(speed * period)
+    np.testing.assert_allclose(fast[2:], speed * 0.001)
+    # 0.2 s of commands moved the hand 0.2 s worth, plus what the start had banked
+    assert fast.sum() <= speed * (0.2 + BANKED_PERIODS * period) * (1 + TOL)
+    assert all(a[3] == -1.0 for a in arm.sent)  # the gripper is never slowed
+    for a in arm.sent:  # and the direction is kept
+        assert a[0] == pytest.approx(a[1]) and a[2] == 0.0
+
+
+def test_a_pause_banks_one_step_and_a_half_and_a_reconnect_starts_with_a_full_step():
+    clock = Clock()
+    arm = ToyArm(fps=80.0)
+    speed, period = 0.4, 1 / 80
+    ask = np.array([1.0, 0.0, 0.0, -1.0])  # 1 cm: two periods' worth at 0.4 m/s
+    robot = SafeRobot(arm, no_watchdog(max_speed=speed), clock=clock)
+    with robot:
+        for _ in range(20):
+            robot.command(ask)
+            clock.advance(0.001)
+        clock.advance(60.0)  # a minute without commands
+        arm.sent.clear()
+        for _ in range(10):
+            robot.command(ask)
+            clock.advance(0.001)
+    after_pause = moved_m(arm.sent)
+    np.testing.assert_allclose(
+        after_pause[:3], [speed * period, speed * (0.5 * period + 0.001), speed * 0.001]
+    )
+    assert after_pause.sum() <= speed * (0.01 + BANKED_PERIODS * period) * (1 + TOL)
+    with robot:  # connected again, with no time passed: the arm starts from rest
+        sent = robot.command(ask)
+    assert moved_m([sent])[0] == pytest.approx(speed * period)
+
+
+def test_joint_targets_at_1khz_keep_to_the_joint_speed_and_leave_the_gripper_alone():
+    clock = Clock()
+    arm = ToyJoints()
+    speed, period = 3.0, 1 / 30
+    radians = np.array([1.0, np.pi / 180])
+    times, positions = [clock.now], [arm.joint_pos[:2] * radians]
+    with SafeRobot(arm, no_watchdog(max_speed=speed), clock=clock) as robot:
+        for _ in range(100):
+            clock.advance(0.001)
+            robot.command(np.array([2.0, 90.0, 100.0]))  # far away, and open the gripper
+            times.append(clock.now)
+            positions.append(arm.joint_pos[:2] * radians)
+        assert robot.last_result.reasons == (VELOCITY, COMMAND_RATE)
+    assert all(a[2] == 100.0 for a in arm.sent)  # the gripper went straight to its target
+    t, q = np.array(times), np.array(positions)
+    steps = np.abs(np.diff(q, axis=0)).max(axis=1)  # the fastest joint's move per command
+    np.testing.assert_allclose(steps[2:], speed * 0.001)
+    for i in range(len(t)):
+        fastest = np.abs(q[i + 1 :] - q[i]).max(axis=1, initial=0.0)
+        assert np.all(fastest <= speed * (t[i + 1 :] - t[i] + BANKED_PERIODS * period) + TOL)
+    assert q[-1, 1] / q[-1, 0] == pytest.approx(np.pi / 2 / 2.0)  # the joints kept in step
+
+
+def test_rotation_and_translation_slow_down_together_within_both_speed_limits():
+    clock = Clock()
+    arm = ToyArm(spec=ur_servol_spec(), fps=125.0)
+    config = no_watchdog(max_speed=0.25, max_angular_speed=1.0)
+    move_and_turn = np.array([0.002, 0.0, 0.0, 0.0, 0.0, 0.008, 1.0])  # one step at each limit
+    turn = np.array([0.0, 0.0, 0.0, 0.0, 0.008, 0.0, -1.0])
+    with SafeRobot(arm, config, clock=clock) as robot:
+        assert robot.config.period == pytest.approx(0.008)
+        for _ in range(5):  # at the control rate: whole steps
+            np.testing.assert_allclose(robot.command(move_and_turn), move_and_turn)
+            clock.advance(0.008)
+        for _ in range(20):  # at 1 kHz: an eighth of a step each, gripper untouched
+            clock.advance(0.001)
+            sent = robot.command(move_and_turn)
+        np.testing.assert_allclose(sent, [0.00025, 0, 0, 0, 0, 0.001, 1.0])
+        assert robot.last_result.reasons == (COMMAND_RATE,)
+        clock.advance(0.001)
+        np.testing.assert_allclose(robot.command(turn), [0, 0, 0, 0, 0.001, 0, -1.0])
+        fast = filter_command(4 * move_and_turn, None, ur_servol_spec(), robot.config)
+    np.testing.assert_allclose(fast.action_sent, np.r_[move_and_turn[:6], 1.0])  # bounds
+    assert fast.travel_time == pytest.approx(0.008)
+
+
+@FEW
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.0005, 0.001, 0.0125, 60.0]) | st.floats(0.0, 0.05),
+            st.lists(sane, min_size=4, max_size=4),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_over_any_stretch_of_time_the_hand_is_sent_no_faster_than_the_speed_limit(commands):
+    clock = Clock()
+    arm = ToyArm(fps=80.0)
+    speed, period = 0.4, 1 / 80
+    times, sent = [], []
+    with SafeRobot(arm, no_watchdog(max_speed=speed), clock=clock) as robot:
+        for dt, action in commands:
+            clock.advance(dt)
+            times.append(clock.now)
+            sent.append(robot.command(np.array(action)))
+    t = np.array(times)
+    moved = np.r_[0.0, np.cumsum(moved_m(sent))]
+    for i in range(len(t)):
+        # commands i..j together: the time from the first to the last, plus what was banked
+        total = moved[i + 1 :] - moved[i]
+        assert np.all(total <= speed * (t[i:] - t[i] + BANKED_PERIODS * period) * (1 + TOL))
+
+
+# --------------------------------------------------------------------------- the simulated arm
+def lead(times: np.ndarray, positions: np.ndarray, speed: float) -> float:
+    """How far the arm got ahead of one moving steadily at `speed`: the most any two samples
+    lie apart beyond `speed` x the time between them (0 for an arm that never went faster)."""
+    worst = 0.0
+    for i in range(len(times) - 1):
+        apart = np.linalg.norm(positions[i + 1 :] - positions[i], axis=1)
+        worst = max(worst, float((apart - speed * (times[i + 1 :] - times[i])).max()))
+    return worst
+
+
+def test_the_simulated_arm_keeps_to_its_speed_at_1khz_and_takes_full_steps_at_its_rate():
+    """A burst of commands at 1 kHz, each asking for more than a full step, moves the
+    simulated hand no faster than `max_speed`; the same burst at the arm's own 80 Hz moves it a
+    full step per command, at `max_speed`.
+
+    The simulated arm moves only when commanded, so its time is the time of its commands: the
+    filter's clock is the stream of command instants (1 ms apart, then 12.5 ms apart), and each
+    position the hand reached is paired with the instant of the command that moved it. That
+    makes the run the same on any machine, however fast it steps MuJoCo."""
+    clock = Clock()
+    config = SafetyConfig.from_dict(SIM_SAFETY)
+    speed = config.max_speed
+    ask = np.array([-1.0, -1.0, 0.0, -1.0])  # the bounds on a diagonal: 1.41 cm a step
+    runs = {}
+    with SafeRobot(SimArm("metaworld/reach-v3"), config, clock=clock) as robot:
+        period = robot.config.period
+        for hz in (1000.0, 1.0 / period):
+            robot.home(0)
+            times, hand, sent = [clock.now], [robot.observe()["ee_pos"]], []
+            for _ in range(round(0.3 * hz)):  # 0.3 s of commands
+                clock.advance(1.0 / hz)
+                sent.append(robot.command(ask))
+                times.append(clock.now)
+                hand.append(robot.observe()["ee_pos"])
+            runs[hz] = np.array(times), np.array(hand), moved_m(sent)
+    # Never faster than max_speed: the hand gets ahead of a steady max_speed by no more than
+    # the step and a half a start may bank, give or take 2 mm of the hand trailing its target.
+    banked, trail = speed * BANKED_PERIODS * period, 0.002
+    times, hand, _ = runs[1000.0]
+    assert np.linalg.norm(hand[-1] - hand[0]) > 0.25  # it did move, close to 0.3 m
+    assert lead(times, hand, speed) <= banked + trail
+    # At 80 Hz every command was a full step at max_speed, and the hand kept up with them.
+    times, hand, steps = runs[1.0 / period]
+    np.testing.assert_allclose(steps, speed * period)
+    assert lead(times, hand, speed) <= banked + trail
+    second_half = len(times) // 2
+    travelled = np.linalg.norm(hand[-1] - hand[second_half])
+    assert travelled / (times[-1] - times[second_half]) >= 0.95 * speed

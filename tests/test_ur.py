@@ -25,7 +25,8 @@ from robots.emulators.ur_controller import (
 )
 from robots.loop import RateLoop
 from robots.registry import load_robot_config, make_robot
-from robots.safety import SafeRobot
+from robots.rotations import matrix_from_rotvec
+from robots.safety import BANKED_PERIODS, SafeRobot
 from robots.ur import URArm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,3 +336,104 @@ def test_connection_loss_raises_connection_lost(fresh_emulator: URControllerEmul
         arm.disconnect()
         arm.disconnect()
     assert not arm.is_connected
+
+
+def lead(
+    times: np.ndarray,
+    tcp: np.ndarray,
+    target: np.ndarray,
+    speed: float,
+    apart: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> float:
+    """How far the arm got ahead of one moving steadily at `speed`: the most that any two of
+    its states lie apart (by `apart`) beyond `speed` x the time between them, less how far the
+    arm then trailed the target its controller was driving it to (what it may catch up)."""
+    worst = 0.0
+    for i in range(len(times) - 1):
+        gaps = apart(tcp[i], tcp[i + 1 :])
+        behind = apart(tcp[i], target[i : i + 1])[0]
+        worst = max(worst, float((gaps - speed * (times[i + 1 :] - times[i]) - behind).max()))
+    return worst
+
+
+def distance(pose: np.ndarray, poses: np.ndarray) -> np.ndarray:
+    """How far (m) each of `poses` lies from `pose` (x, y, z, then a rotation vector)."""
+    return np.linalg.norm(poses[:, :3] - pose[:3], axis=1)
+
+
+def turned(pose: np.ndarray, poses: np.ndarray) -> np.ndarray:
+    """The angle (rad) each of `poses` is turned from `pose`: from the trace of the relative
+    rotation, tr(R_k R^T) = sum(R_k * R)."""
+    rotation = matrix_from_rotvec(pose[3:])
+    others = np.array([matrix_from_rotvec(r) for r in poses[:, 3:]])
+    cos = (np.einsum("kij,ij->k", others, rotation) - 1.0) / 2.0
+    return np.arccos(np.clip(cos, -1.0, 1.0))
+
+
+@needs_ur_rtde
+def test_commands_at_1khz_move_the_arm_no_faster_than_its_speed_limits(
+    fresh_emulator: URControllerEmulator, tmp_path: Path
+) -> None:
+    """A 1 kHz burst of servoL commands, each asking for five times a step of translation and
+    rotation, through the limits of configs/robots/ur5e.yaml (0.25 m/s, 1 rad/s at 125 Hz):
+    the TCP the controller reports, with the controller's own timestamps, never goes faster
+    than those speeds. The same burst at 125 Hz still moves the arm a full step per command."""
+    config = load_robot_config(str(ROOT / "configs/robots/ur5e.yaml")).safety
+    assert config is not None and config.max_speed and config.max_angular_speed
+    speed, angular = config.max_speed, config.max_angular_speed
+    rtde_receive = vendor_library("rtde_receive", "ur", "UR arm")
+    robot = SafeRobot(URArm(fresh_emulator.host), config)
+    recipe = ["timestamp", "actual_TCP_pose", "target_q"]
+    with robot:
+        period = robot.config.period
+        # A second RTDE client logs every state the controller sends (ur_rtde's own recorder,
+        # on its own thread): its timestamp, the TCP pose and the joint targets it tracks.
+        logger = rtde_receive.RTDEReceiveInterface(fresh_emulator.host, 500.0, recipe)
+
+        def burst(hz: float, direction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+            """Commands at `hz` for 0.4 s (at most 0.4 s x hz of them) and the arm's states
+            until it stands still: the controller's timestamps, TCP poses and target poses,
+            and how many commands were sent."""
+            log = tmp_path / f"{hz:g}hz.csv"
+            assert logger.startFileRecording(str(log), recipe)
+            ask = np.array([0.01, 0.0, 0.0, 0.0, 0.0, 0.04, 0.0]) * direction
+            ask[6] = -1.0
+            sent, start = 0, time.monotonic()
+            for tick in RateLoop(hz).steps(round(0.4 * hz)):
+                if tick.mono_time - start >= 0.4:  # a slow machine sends fewer, not for longer
+                    break
+                robot.command(ask)
+                sent += 1
+            setpoint = robot.observe()["ee_setpoint"]
+            wait_for(
+                lambda: np.linalg.norm(robot.observe()["ee_pos"] - setpoint) < 1e-4,
+                what="the arm at its setpoint",
+            )
+            time.sleep(0.05)
+            logger.stopFileRecording()
+            states = np.loadtxt(log, delimiter=",", skiprows=1)
+            target = np.array([forward_kinematics(q) for q in states[:, 7:13]])
+            return states[:, 0], states[:, 1:7], target, sent
+
+        try:
+            fast = burst(1000.0, +1.0)
+            slow = burst(1.0 / period, -1.0)
+        finally:
+            logger.disconnect()
+    # Never faster than the limits: ahead of a steady max speed by no more than the step and a
+    # half a start may bank, and 30 ms for commands on their way to the controller. (What the
+    # arm trailed its target by is not counted: the emulated controller is an ordinary process,
+    # which on a busy machine misses cycles and then catches up; a real one is hard real-time.)
+    ahead = BANKED_PERIODS * period + 0.03
+    assert distance(fast[1][0], fast[1][-1:])[0] > 0.05  # it moved: 0.1 m at 0.25 m/s
+    for times, tcp, target, _ in (fast, slow):
+        for name, limit, apart in (("m", speed, distance), ("rad", angular, turned)):
+            got = lead(times, tcp, target, limit, apart)
+            assert got <= limit * ahead, f"{got:.4f} {name} ahead of {limit} {name}/s"
+    # At 125 Hz: a full step per command, 2 mm and 8 mrad (on a busy machine a step that
+    # starts over half a period early, after a late one, moves less: hence 90 %).
+    _, tcp, _, commands = slow
+    moved, full = distance(tcp[0], tcp[-1:])[0], commands * speed * period
+    assert moved >= 0.9 * full, f"moved {moved:.4f} m of {full:.4f} m"
+    rotated, full = turned(tcp[0], tcp[-1:])[0], commands * angular * period
+    assert rotated >= 0.9 * full, f"turned {rotated:.4f} rad of {full:.4f} rad"

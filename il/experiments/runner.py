@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from il.config import check_config
 from il.experiments.report import write_json
 
 __all__ = [
@@ -112,7 +113,7 @@ def run_experiment(experiment: Experiment, on_progress: Progress | None = None) 
     import torch
 
     config = experiment.config
-    config.check()
+    check_config(config)
     claim_folder(experiment.out, config, experiment.selecting)
     torch.set_num_threads(config.threads)
     report = on_progress or (lambda done, total, label: None)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from il.config import limits
 from il.data.normalize import Normalizer
 from il.policies.base import DataSpec, Policy
 from il.policies.blocks import MLP, ObservationConfig, ObservationEncoder
@@ -39,21 +40,21 @@ class BCConfig(ObservationConfig):
     """Fields that change how the trained policy acts, not its weights: `il eval` and
     `il deploy` may set them on a checkpoint."""
 
-    action_horizon: int = 1
+    action_horizon: int = field(default=1, metadata=limits(at_least=1))
     """Future actions predicted at once (the action chunk)."""
     n_action_steps: int = 1
     """Actions of each chunk executed before predicting again (≤ action_horizon)."""
     temporal_ensemble: float | None = None
     """If set, predict every step and average overlapping chunks with weights exp(-m·age)."""
-    hidden: list[int] = field(default_factory=lambda: [512, 512, 512])
+    hidden: list[int] = field(default_factory=lambda: [512, 512, 512], metadata=limits(at_least=1))
     """Widths of the MLP head's hidden layers."""
-    dropout: float = 0.0
+    dropout: float = field(default=0.0, metadata=limits(at_least=0, below=1))
     layer_norm: bool = False
     head: str = "mse"
     """`mse`: regress the mean action; `gmm`: a Gaussian mixture over the chunk, by likelihood."""
-    gmm_modes: int = 5
+    gmm_modes: int = field(default=5, metadata=limits(at_least=1))
     """Mixture components of the `gmm` head."""
-    gmm_min_std: float = 0.01
+    gmm_min_std: float = field(default=0.01, metadata=limits(above=0))
     """Floor of each component's standard deviation (normalized units): keeps likelihood finite."""
     gmm_act: str = "sample"
     """How the `gmm` head acts: `sample` draws a mode by its weight (alternates between branches
@@ -69,8 +70,6 @@ class BCPolicy(Policy):
         super().__init__(config, spec, normalizer)
         if config.head not in ("mse", "gmm"):
             raise ValueError(f"model.head must be 'mse' or 'gmm', not {config.head!r}")
-        if config.head == "gmm" and config.gmm_modes < 1:
-            raise ValueError(f"model.gmm_modes must be at least 1, not {config.gmm_modes}")
         if config.gmm_act not in ("sample", "best"):
             raise ValueError(f"model.gmm_act must be 'sample' or 'best', not {config.gmm_act!r}")
         self.chunk_dim = config.action_horizon * spec.action_dim

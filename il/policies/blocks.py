@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from il.config import limits
 from il.policies import text
 
 __all__ = [
@@ -293,23 +294,23 @@ class TaskConditioning(nn.Module):
 class ObservationConfig:
     """What every method's observation encoder takes; method configs extend it."""
 
-    obs_horizon: int = 1
+    obs_horizon: int = field(default=1, metadata=limits(at_least=1))
     """Past observations the policy sees (1 = the current one)."""
     image_encoder: str = "cnn"
     """Per camera: cnn (small conv net with spatial softmax), resnet18, or conv4 (the
     inverse-dynamics-pretraining encoder: LayerNorm + tanh output, random-crop augmentation)."""
-    image_features: int = 64
+    image_features: int = field(default=64, metadata=limits(at_least=1))
     """Features per camera from the image encoder."""
-    image_channels: list[int] | None = None
+    image_channels: list[int] | None = field(default=None, metadata=limits(at_least=1))
     """Conv widths of the image encoder, first layer to last: cnn takes 2 (default 32, 64),
     conv4 takes 4 (default the paper's 32, 64, 128, 256); resnet18 keeps its own."""
     task_encoding: str = "onehot"
     """How a multi-task policy is told its task: onehot, or text (sentence embedding of the
     instruction; needs the `text` extra when training)."""
-    obs_noise: float = 0.0
+    obs_noise: float = field(default=0.0, metadata=limits(at_least=0))
     """Std of Gaussian noise added to normalized vector observations in training: makes the
     policy recover from states slightly off the demonstrations."""
-    image_shift: int = 0
+    image_shift: int = field(default=0, metadata=limits(at_least=0))
     """Random shift of camera images in training, in pixels (edges replicated; DrQ): the
     cheapest image augmentation that keeps a small policy from memorising pixel positions."""
 

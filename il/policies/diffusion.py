@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from il.config import limits
 from il.data.normalize import Normalizer
 from il.policies.base import DataSpec, Policy
 from il.policies.blocks import MLP, ObservationConfig, ObservationEncoder
@@ -50,22 +51,24 @@ class DiffusionConfig(ObservationConfig):
     `il deploy` may set them on a checkpoint."""
 
     obs_horizon: int = 2
-    action_horizon: int = 16
+    action_horizon: int = field(default=16, metadata=limits(at_least=1))
     """Actions denoised together (the chunk)."""
     n_action_steps: int = 8
     """Actions of each chunk executed before sampling again (≤ action_horizon)."""
-    down_dims: list[int] = field(default_factory=lambda: [128, 256, 512])
+    down_dims: list[int] = field(
+        default_factory=lambda: [128, 256, 512], metadata=limits(at_least=1)
+    )
     """Channels of the U-Net's levels; each level after the first halves the time axis."""
-    kernel_size: int = 5
-    groups: int = 8
+    kernel_size: int = field(default=5, metadata=limits(at_least=1))
+    groups: int = field(default=8, metadata=limits(at_least=1))
     """GroupNorm groups in the U-Net's conv blocks."""
-    step_embedding: int = 128
+    step_embedding: int = field(default=128, metadata=limits(at_least=2))
     """Size of the diffusion-step embedding."""
-    train_steps: int = 100
+    train_steps: int = field(default=100, metadata=limits(at_least=1))
     """Diffusion steps of the noise schedule in training."""
-    inference_steps: int = 10
+    inference_steps: int = field(default=10, metadata=limits(at_least=1, at_most="train_steps"))
     """Denoising steps when acting (DDIM with eta 0 jumps over the others)."""
-    eta: float = 0.0
+    eta: float = field(default=0.0, metadata=limits(at_least=0, at_most=1))
     """DDIM's stochasticity: 0 deterministic, 1 as stochastic as DDPM."""
     noise_scale: float = 1.0
     """Scale of the noise sampling draws when acting (the starting chunk, and with eta > 0
@@ -265,6 +268,22 @@ class DiffusionPolicy(Policy):
             raise ValueError(
                 f"action_horizon ({config.action_horizon}) must be divisible by "
                 f"{2 ** (levels - 1)}: the U-Net halves it {levels - 1} times"
+            )
+        # What a range cannot say: the shapes the U-Net's layers need to fit together.
+        if config.kernel_size % 2 == 0:
+            raise ValueError(
+                f"model.kernel_size must be odd (a convolution keeps the chunk's length), got "
+                f"{config.kernel_size}"
+            )
+        if config.step_embedding % 2:
+            raise ValueError(
+                f"model.step_embedding must be even (sines and cosines in pairs), got "
+                f"{config.step_embedding}"
+            )
+        if any(width % config.groups for width in config.down_dims):
+            raise ValueError(
+                f"model.groups ({config.groups}) must divide every width of model.down_dims "
+                f"{config.down_dims}"
             )
         if normalizer.modes.get("action") != "min_max" and config.clip_sample:
             raise ValueError(

@@ -1,7 +1,8 @@
 """The hook through which a hierarchical policy's intermediate output is read and overridden.
 
-Hierarchical methods predict something between the observation and the action — a procedure
-(procedure cloning), a language motion (RT-H), a motion track (MT-π) — and act on it. A person
+Hierarchical methods predict something between the observation and the action and act on it:
+a procedure (procedure cloning, the one built so far), and later a language motion or a motion
+track, which the README lists as not here yet. A person
 or a program watching a rollout can read that intermediate output after every `act()` and
 replace it before the action is read off: a language correction, an edited track, a procedure
 computed by a planner. Every such method mixes in `IntermediateOutput` and calls

@@ -131,6 +131,13 @@ def load_policy(
     cls = _checkpoint_class(directory, description)
     values = {**description["config"], **acting_overrides(cls.Config, acting, cls.name)}
     config = build_config(cls.Config, values)
+    if acting:  # checked only here: a checkpoint's own config was checked when it trained
+        from il.config import check_limits
+
+        try:
+            check_limits(config, "model.")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
     spec = DataSpec(**description["spec"])
     normalizer = Normalizer.from_json(description["normalizer"])
     try:

@@ -13,7 +13,8 @@ Protocol, all through il's own pieces:
    and fine-tuning refuses an encoder whose pretraining data held its task.
 2. Pretraining (`il pretrain`): each objective once, on the same corpus, same steps and batch.
 3. Fine-tuning (`il fewshot`) for each number of demos and seed: the seed draws which demos
-   are used and initialises the head; `scratch` and `state` are the references.
+   of the pool of `demo_pool` door-lock episodes are used, as the paper draws its few shots,
+   and initialises the head; `scratch` and `state` are the references.
 4. Evaluation (`il eval`): `eval_episodes` door-lock episodes per seed, reset with seeds
    `eval_seed...`, whose variations are disjoint from the demonstrations' (a task has 50
    variations, and seed s plays variation s mod 50).
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import envs
+from il.config import limits
 from il.experiments.report import ResultTable, write_json
 from il.experiments.runner import (
     Experiment,
@@ -67,40 +69,47 @@ class Config:
     finetune_task: str = "door-lock-v3"
     camera: str = "corner"
     """The camera (the paper's corner2 shows the door small at 64 px; corner shows it large)."""
-    image_size: int = 64
-    max_episode_steps: int = 150
+    image_size: int = field(default=64, metadata=limits(at_least=8))
+    max_episode_steps: int = field(default=150, metadata=limits(at_least=1))
     """Episode cap for recording and evaluation (the paper's 250; the experts finish door
     tasks in under 100 steps)."""
-    pretrain_episodes_per_task: int = 30
+    pretrain_episodes_per_task: int = field(default=30, metadata=limits(at_least=1))
     """Pretraining episodes per task (the paper's 1000 in all)."""
-    action_noise: float = 0.2
+    action_noise: float = field(default=0.2, metadata=limits(at_least=0))
     """Std of the Gaussian noise on the experts' executed actions in the pretraining corpus."""
-    demos: list[int] = field(default_factory=lambda: [10])
+    demos: list[int] = field(default_factory=lambda: [10], metadata=limits(at_least=1))
     """Numbers of fine-tuning demos compared (the paper's 2, 5, 10, 20)."""
-    demo_seed: int = 25
-    """Episode seed of the first fine-tuning demo; demos use seeds demo_seed.. ."""
-    eval_episodes: int = 20
-    eval_seed: int = 0
+    demo_seed: int = field(default=25, metadata=limits(at_least=0))
+    """Episode seed of the first door-lock episode of the pool; the pool uses seeds
+    demo_seed.. ."""
+    demo_pool: int = field(default=25, metadata=limits(at_least=1))
+    """Door-lock episodes recorded, from which each seed draws its demos (at least the
+    largest of `demos`): with a pool as large as the demos, every seed would train on the same
+    demos and differ only in initialisation."""
+    eval_episodes: int = field(default=20, metadata=limits(at_least=1))
+    eval_seed: int = field(default=0, metadata=limits(at_least=0))
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    seeds: int = 5
+    seeds: int = field(default=5, metadata=limits(at_least=1))
     """Fine-tuning seeds per (method, demos), as the paper's 5; each encoder is pretrained
     once."""
-    pretrain_steps: int = 5000
+    pretrain_steps: int = field(default=5000, metadata=limits(at_least=1))
     """Steps of every objective (the paper's 100k; 5000 of batch 64 took 9 to 36 minutes an
     objective on two CPU cores shared with other jobs, the five 88 minutes together)."""
-    pretrain_batch: int = 64
+    pretrain_batch: int = field(default=64, metadata=limits(at_least=2))
     """(The paper's 256.)"""
-    channels: list[int] = field(default_factory=lambda: [16, 32, 32, 32])
+    channels: list[int] = field(
+        default_factory=lambda: [16, 32, 32, 32], metadata=limits(at_least=1)
+    )
     """Conv channels of the encoder (the paper's 32, 64, 128, 256: 6× slower on a CPU)."""
-    finetune_steps: int = 2000
+    finetune_steps: int = field(default=2000, metadata=limits(at_least=1))
     """Head steps on the pre-encoded demos (the paper's 10k)."""
-    scratch_steps: int = 2000
+    scratch_steps: int = field(default=2000, metadata=limits(at_least=1))
     """End-to-end steps of the `scratch` reference: as many as the heads of the pretrained
     encoders get, so that the reference is not undertrained."""
-    finetune_batch: int = 64
-    threads: int = 2
+    finetune_batch: int = field(default=64, metadata=limits(at_least=1))
+    threads: int = field(default=2, metadata=limits(at_least=0))
     """torch threads for training."""
-    workers: int = 2
+    workers: int = field(default=2, metadata=limits(at_least=1))
     """Evaluation processes."""
 
     def check(self) -> None:
@@ -112,7 +121,14 @@ class Config:
                 f"finetune_task {self.finetune_task} is one of pretrain_tasks; the split needs "
                 "a task the encoders never saw"
             )
-        demo_vars = {(self.demo_seed + i) % VARIATIONS for i in range(max(self.demos))}
+        if not self.demos:
+            raise ValueError("demos is empty; give numbers of fine-tuning demos, e.g. [10]")
+        if self.demo_pool < max(self.demos):
+            raise ValueError(
+                f"demo_pool={self.demo_pool} is smaller than demos={max(self.demos)}; "
+                "each seed draws its demos from the pool"
+            )
+        demo_vars = {(self.demo_seed + i) % VARIATIONS for i in range(self.demo_pool)}
         eval_vars = {(self.eval_seed + i) % VARIATIONS for i in range(self.eval_episodes)}
         if demo_vars & eval_vars:
             raise ValueError(
@@ -147,7 +163,7 @@ class DoorExperiment(Experiment):
             (
                 f"recording {c.finetune_task} demos",
                 lambda: _record(
-                    c, self.finetune_store, [c.finetune_task], max(c.demos), c.demo_seed
+                    c, self.finetune_store, [c.finetune_task], c.demo_pool, c.demo_seed
                 ),
             ),
         ]

@@ -32,6 +32,7 @@ from einops import rearrange
 from safetensors.torch import load_file
 from torch import nn
 
+from il.config import limits
 from il.data.normalize import Normalizer
 from il.policies.base import (
     CheckpointError,
@@ -70,13 +71,15 @@ class PretrainError(ValueError):
 class EncoderConfig:
     """The shared image encoder (the paper's: channels 32-64-128-256, strides 2-2-1-1)."""
 
-    features: int = 64
+    features: int = field(default=64, metadata=limits(at_least=1))
     """Output features (after LayerNorm and tanh)."""
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
-    strides: list[int] = field(default_factory=lambda: [2, 2, 1, 1])
-    keypoints: int = 0
+    channels: list[int] = field(
+        default_factory=lambda: [32, 64, 128, 256], metadata=limits(at_least=1)
+    )
+    strides: list[int] = field(default_factory=lambda: [2, 2, 1, 1], metadata=limits(at_least=1))
+    keypoints: int = field(default=0, metadata=limits(at_least=0))
     """Spatial-softmax keypoints (0: one per channel of the last conv, the paper's)."""
-    crop_pad: int = 4
+    crop_pad: int = field(default=4, metadata=limits(at_least=0))
     """Random-crop augmentation: shift by up to this many pixels (0: none)."""
 
     def build(self, crop_pad: int | None = None) -> ConvKeypointEncoder:
@@ -107,12 +110,12 @@ class EncoderPretrainingConfig:
     objective: str = "id"
     """id, bc, fd-implicit, contrastive or fd-explicit."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    hidden: list[int] = field(default_factory=lambda: [256, 256], metadata=limits(at_least=1))
     """Widths of the objective's MLP head (ID and BC) or projections (InfoNCE)."""
-    dropout: float = 0.1
-    temperature: float = 1.0
+    dropout: float = field(default=0.1, metadata=limits(at_least=0, below=1))
+    temperature: float = field(default=1.0, metadata=limits(above=0))
     """InfoNCE temperature (fd-implicit, contrastive)."""
-    frame_gap: int = 1
+    frame_gap: int = field(default=1, metadata=limits(at_least=1))
     """k of inverse dynamics: predict a_t from frames t and t+k."""
     camera: str = "obs/image/corner"
     """The store's image key the encoder sees (the run's only observation)."""

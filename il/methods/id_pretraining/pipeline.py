@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from il.config import load_structured
+from il.config import check_config, limits, load_structured
 from il.data.sampler import select_episodes
 from il.data.store import DemoStore, StoreError
 from il.methods.id_pretraining.objectives import (
@@ -44,6 +44,7 @@ __all__ = [
     "FewShotConfig",
     "PretrainConfig",
     "PretrainError",
+    "draw_demos",
     "fewshot",
     "load_options",
     "pretrain",
@@ -72,32 +73,28 @@ class PretrainConfig:
     held_out: list[str] = field(default_factory=list)
     """Tasks that must not appear in the pretraining data (the fine-tuning tasks): pretraining
     refuses to start if any of them is selected."""
-    frame_gap: int = 1
+    frame_gap: int = field(default=1, metadata=limits(at_least=1))
     """k of inverse dynamics: predict a_t from frames t and t+k."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    hidden: list[int] = field(default_factory=lambda: [256, 256], metadata=limits(at_least=1))
     """Widths of the objective's MLP head (ID and BC) or projections (InfoNCE)."""
-    dropout: float = 0.1
-    temperature: float = 1.0
+    dropout: float = field(default=0.1, metadata=limits(at_least=0, below=1))
+    temperature: float = field(default=1.0, metadata=limits(above=0))
     """InfoNCE temperature (fd-implicit, contrastive)."""
-    steps: int = 100_000
-    batch_size: int = 256
-    lr: float = 1e-3
-    val_fraction: float = 0.1
+    steps: int = field(default=100_000, metadata=limits(at_least=1))
+    batch_size: int = field(default=256, metadata=limits(at_least=2))
+    lr: float = field(default=1e-3, metadata=limits(above=0))
+    val_fraction: float = field(default=0.1, metadata=limits(at_least=0, below=1))
     """Episodes held out to measure the objective's loss on frames it never trained on."""
-    val_every: int = 0
+    val_every: int = field(default=0, metadata=limits(at_least=0))
     """Steps between validation losses (0: at the start and the end only)."""
-    seed: int = 0
-    threads: int = 0
+    seed: int = field(default=0, metadata=limits(at_least=0))
+    threads: int = field(default=0, metadata=limits(at_least=0))
     """torch CPU threads (0: torch's default)."""
     device: str = "cpu"
 
     def check(self) -> None:
         check_objective(self.objective, self.frame_gap)
-        if self.steps < 1 or self.batch_size < 2:
-            raise ValueError("steps must be at least 1 and batch_size at least 2")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
 
 
 @dataclass
@@ -109,28 +106,24 @@ class FewShotConfig:
     end on the demos), or `state` (no images: the true state)."""
     data: str = "data/door-lock.zarr"
     out: str = "runs/ft-door-lock"
-    demos: int = 10
+    demos: int = field(default=10, metadata=limits(at_least=1))
     """Demonstrations used (drawn by `seed` from the store's successful episodes)."""
     task: str | None = None
     """The task to imitate (default: the store's only task)."""
     camera: str = ""
     """Image key for `scratch` (default: the encoder's camera, else obs/image/corner)."""
-    steps: int = 10_000
+    steps: int = field(default=10_000, metadata=limits(at_least=1))
     """Head steps; `scratch` trains the whole encoder for `scratch_steps` instead."""
-    scratch_steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-3
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    dropout: float = 0.1
+    scratch_steps: int = field(default=2000, metadata=limits(at_least=1))
+    batch_size: int = field(default=256, metadata=limits(at_least=1))
+    lr: float = field(default=1e-3, metadata=limits(above=0))
+    hidden: list[int] = field(default_factory=lambda: [256, 256], metadata=limits(at_least=1))
+    dropout: float = field(default=0.1, metadata=limits(at_least=0, below=1))
     scratch_encoder: EncoderConfig = field(default_factory=EncoderConfig)
     """The encoder `scratch` trains (the pretrained runs take theirs from the checkpoint)."""
-    seed: int = 0
-    threads: int = 0
+    seed: int = field(default=0, metadata=limits(at_least=0))
+    threads: int = field(default=0, metadata=limits(at_least=0))
     device: str = "cpu"
-
-    def check(self) -> None:
-        if self.demos < 1 or self.steps < 1 or self.scratch_steps < 1 or self.batch_size < 1:
-            raise ValueError("demos, steps, scratch_steps and batch_size must be at least 1")
 
     @property
     def train_steps(self) -> int:
@@ -154,7 +147,7 @@ def pretrain(config: PretrainConfig, on_step: StepCallback | None = None) -> Pat
     The checkpoint records the tasks it saw (`spec.env.tasks`), so a fine-tuning run can refuse
     a task that was part of its pretraining data.
     """
-    config.check()
+    check_config(config)
     store = _open(config.data)
     if config.camera not in store.schema.keys:
         images = [k for k in store.schema.keys if k.startswith("obs/image/")]
@@ -241,7 +234,7 @@ def fewshot(config: FewShotConfig, on_step: StepCallback | None = None) -> Path:
     `scratch` trains encoder and head together with random crops; `state` fits the head on the
     normalized state.
     """
-    config.check()
+    check_config(config)
     store = _open(config.data)
     task_of = _tasks_of(store)
     task = config.task
@@ -267,7 +260,7 @@ def fewshot(config: FewShotConfig, on_step: StepCallback | None = None) -> Path:
             f"{config.data} has {len(episodes)} successful episodes of {task}, fewer than "
             f"demos={config.demos}; record more"
         )
-    chosen = np.sort(np.random.default_rng(config.seed).permutation(episodes)[: config.demos])
+    chosen = draw_demos(episodes, config.demos, config.seed)
     camera = (pretrained.camera if pretrained else "") or config.camera or "obs/image/corner"
     key = "obs/state" if config.encoder == "state" else camera
     if key not in store.schema.keys:
@@ -348,6 +341,12 @@ def _train(run: RunConfig, on_step: StepCallback | None) -> Path:
         return train(run, on_step=report)
     except ConfigError as e:
         raise PretrainError(str(e)) from None
+
+
+def draw_demos(episodes: np.ndarray, demos: int, seed: int) -> np.ndarray:
+    """The few shots of one fine-tuning seed: `demos` of `episodes`, drawn by `seed`, so that
+    seeds differ in what they learn from and not only in their initialisation."""
+    return np.sort(np.random.default_rng(seed).permutation(episodes)[:demos])
 
 
 def _open(path: str) -> DemoStore:

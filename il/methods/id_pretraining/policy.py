@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from il.config import limits
 from il.data.normalize import Normalizer
 from il.methods.id_pretraining.objectives import EncoderConfig, read_encoder
 from il.policies.base import DataSpec, Policy
@@ -33,8 +34,8 @@ class PretrainedBCConfig:
 
     encoder: EncoderConfig | None = None
     """The image encoder; None: the policy sees the state vector only."""
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    dropout: float = 0.1
+    hidden: list[int] = field(default_factory=lambda: [256, 256], metadata=limits(at_least=1))
+    dropout: float = field(default=0.1, metadata=limits(at_least=0, below=1))
     objective: str = ""
     """How the encoder was obtained (id, bc, ..., scratch, state): provenance only."""
     pretraining_tasks: list[str] = field(default_factory=list)

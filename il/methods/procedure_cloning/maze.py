@@ -25,7 +25,7 @@ previous map (8 in all).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from einops import rearrange
 from torch import nn
 
 from envs.maze import AGENT, LAYERS_KEY, MAPS_KEY, NOT_REACHED
+from il.config import limits
 from il.data.normalize import Normalizer
 from il.policies.base import DataSpec, Policy
 from il.policies.hierarchy import IntermediateOutput
@@ -49,13 +50,13 @@ CLASSES = NOT_REACHED + 1
 class PCMazeConfig:
     """Procedure cloning on mazes: a fully convolutional BFS step model."""
 
-    width: int = 256
+    width: int = field(default=256, metadata=limits(at_least=2))
     """Filters of the step model are width/2, width/2, width, width, 5 (256: the paper's)."""
-    pairs_per_window: int = 1
+    pairs_per_window: int = field(default=1, metadata=limits(at_least=1))
     """Teacher-forced (x_{l-1} → x_l) pairs per training window. They are drawn uniformly from
     all pairs of the batch's windows, so every pair in the data is equally likely, as in the
     paper's flat dataset of pairs."""
-    max_layers: int = 100
+    max_layers: int = field(default=100, metadata=limits(at_least=1))
     """Step-model applications at most per action (the paper's cap)."""
 
 
@@ -126,11 +127,6 @@ class PCMazePolicy(IntermediateOutput, Policy):
 
     def __init__(self, config: PCMazeConfig, spec: DataSpec, normalizer: Normalizer) -> None:
         super().__init__(config, spec, normalizer)
-        if config.width < 2 or config.max_layers < 1 or config.pairs_per_window < 1:
-            raise ValueError(
-                "model.width must be at least 2, model.max_layers and model.pairs_per_window at "
-                "least 1"
-            )
         self.grid_key = grid_key(spec, self.name)
         w = config.width
         self.step_model = MazeStepModel([w // 2, w // 2, w, w, CLASSES])

@@ -31,6 +31,7 @@ from einops import rearrange
 from torch import nn
 
 from envs.maze import NOT_REACHED
+from il.config import limits
 from il.data.normalize import Normalizer
 from il.methods.procedure_cloning.maze import (
     LAYERS_KEY,
@@ -55,18 +56,18 @@ __all__ = [
 class MazeBCConfig:
     """Behaviour cloning on maze grids."""
 
-    width: int = 256
+    width: int = field(default=256, metadata=limits(at_least=2))
     """Encoder filters width/2, width/2, width, width, width and `width` features (256: the
     paper's)."""
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    hidden: list[int] = field(default_factory=lambda: [256, 256], metadata=limits(at_least=1))
     """Hidden layers of the action MLP (and of the auxiliary head)."""
     augment: bool = False
     """Random translation and zoom of the grid in training."""
-    shift: float = 0.1
+    shift: float = field(default=0.1, metadata=limits(at_least=0, below=1))
     """Largest translation, as a fraction of the grid side."""
-    zoom: float = 0.1
+    zoom: float = field(default=0.1, metadata=limits(at_least=0, below=1))
     """Largest relative zoom in or out."""
-    aux_weight: float = 0.0
+    aux_weight: float = field(default=0.0, metadata=limits(at_least=0))
     """Weight of the auxiliary loss on the expert's final BFS map (0: no auxiliary head)."""
     sample: bool = True
     """Act by sampling the action distribution (the paper's code), else its argmax."""

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from il.config import limits
 from il.data.normalize import Normalizer
 from il.policies.base import DataSpec, Policy
 from il.policies.blocks import MLP, ObservationConfig, ObservationEncoder
@@ -61,15 +62,15 @@ _CONTINUOUS = tuple(f"procedure/{n}" for n in (*POSITIONS, *TARGET))
 class PCMetaWorldConfig(ObservationConfig):
     """Procedure cloning on Meta-World's scripted-expert procedure."""
 
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    hidden: list[int] = field(default_factory=lambda: [256, 256], metadata=limits(at_least=1))
     """Widths of the trunk MLP on the observation encoder."""
-    head_hidden: list[int] = field(default_factory=lambda: [256])
+    head_hidden: list[int] = field(default_factory=lambda: [256], metadata=limits(at_least=1))
     """Widths of each link's head (positions, phase, target, action)."""
-    max_phases: int = 16
+    max_phases: int = field(default=16, metadata=limits(at_least=1))
     """Phase classes (Meta-World's experts have at most 6 phases)."""
     chain: bool = True
     """Feed each head the links before it (procedure cloning); False gives aux-BC."""
-    procedure_weight: float = 1.0
+    procedure_weight: float = field(default=1.0, metadata=limits(at_least=0))
     """Weight of the procedure losses beside the action's."""
 
 
@@ -82,8 +83,6 @@ class PCMetaWorldPolicy(IntermediateOutput, Policy):
 
     def __init__(self, config: PCMetaWorldConfig, spec: DataSpec, normalizer: Normalizer) -> None:
         super().__init__(config, spec, normalizer)
-        if config.max_phases < 1 or config.procedure_weight < 0:
-            raise ValueError("model.max_phases must be at least 1, model.procedure_weight >= 0")
         self.encoder = ObservationEncoder.from_config(
             config, spec.obs_shapes, spec.tasks, spec.instructions
         )

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import envs
+from il.config import limits
 from il.experiments.report import ResultTable, write_json
 from il.experiments.runner import (
     Experiment,
@@ -54,40 +55,37 @@ class Config:
 
     layout: str = "tunnel16"
     """Maze generator and size (16×16 tunnel mazes: the paper's)."""
-    train_mazes: list[int] = field(default_factory=lambda: [5, 10, 20])
+    train_mazes: list[int] = field(default_factory=lambda: [5, 10, 20], metadata=limits(at_least=1))
     """Numbers of training mazes compared (the first n of the train split)."""
-    test_mazes: int = 20
+    test_mazes: int = field(default=20, metadata=limits(at_least=1))
     """Unseen test mazes every policy is evaluated on."""
-    demos_per_maze: int = 4
+    demos_per_maze: int = field(default=4, metadata=limits(at_least=1))
     """Expert episodes per training maze (the paper's 4)."""
-    eval_episodes: int = 5
+    eval_episodes: int = field(default=5, metadata=limits(at_least=1))
     """Evaluation episodes per maze (random starts)."""
-    eval_seed: int = 1000
+    eval_seed: int = field(default=1000, metadata=limits(at_least=0))
     """Seed of the first evaluation episode (clear of the demonstrations' seeds 0, 1, ...)."""
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    seeds: int = 3
+    seeds: int = field(default=3, metadata=limits(at_least=1))
     """Training seeds per (method, number of mazes)."""
-    steps: int = 2000
+    steps: int = field(default=2000, metadata=limits(at_least=1))
     """Optimizer steps of every run (the paper trains 100k-500k on accelerators)."""
-    batch_size: int = 32
+    batch_size: int = field(default=32, metadata=limits(at_least=1))
     """The paper's batch size (for procedure cloning: map pairs per step)."""
-    lr: float = 1e-3
+    lr: float = field(default=1e-3, metadata=limits(above=0))
     """Adam learning rate (the paper's model default), no weight decay, no EMA."""
-    width: int = 32
+    width: int = field(default=32, metadata=limits(at_least=2))
     """Network width of every method: filters width/2, width/2, width, width (+5 or +width);
     the paper's is 256."""
-    threads: int = 1
+    threads: int = field(default=1, metadata=limits(at_least=0))
     """torch threads; one is fastest for these small convolutions on a shared 2-core box."""
 
     def check(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; methods: {', '.join(METHODS)}")
-        if not self.train_mazes or min(self.train_mazes) < 1:
-            raise ValueError("train_mazes needs numbers of mazes of at least 1, e.g. [5,10,20]")
-        for name in ("test_mazes", "demos_per_maze", "eval_episodes", "seeds", "steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not self.train_mazes:
+            raise ValueError("train_mazes is empty; give numbers of mazes, e.g. [5,10,20]")
         envs.suite(f"maze/{self.layout}/1")  # a bad layout fails here, in one line
 
 

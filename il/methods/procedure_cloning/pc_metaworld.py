@@ -34,6 +34,7 @@ import numpy as np
 
 import envs
 from envs.metaworld import Suite
+from il.config import limits
 from il.experiments.report import ResultTable, write_json
 from il.experiments.runner import (
     Experiment,
@@ -56,27 +57,29 @@ class Config:
 
     tasks: list[str] = field(default_factory=lambda: ["reach-v3", "push-v3", "pick-place-v3"])
     """Meta-World tasks (of MT50), learnt together by one task-conditioned policy."""
-    train_variations: list[int] = field(default_factory=lambda: [5, 10, 20])
+    train_variations: list[int] = field(
+        default_factory=lambda: [5, 10, 20], metadata=limits(at_least=1)
+    )
     """Numbers of training variations compared: one demonstration each, seeds 0 .. n-1."""
-    eval_seed: int = 20
+    eval_seed: int = field(default=20, metadata=limits(at_least=0))
     """First evaluation seed; it must be at least max(train_variations)."""
-    eval_episodes: int = 30
+    eval_episodes: int = field(default=30, metadata=limits(at_least=1))
     """Evaluation episodes per task (seeds eval_seed, eval_seed + 1, ...; at most 50 -
     eval_seed, so that no variation repeats)."""
-    max_episode_steps: int = 200
+    max_episode_steps: int = field(default=200, metadata=limits(at_least=1))
     """Steps after which an episode counts as failed (the experts need 47-61 on average)."""
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    seeds: int = 3
+    seeds: int = field(default=3, metadata=limits(at_least=1))
     """Training seeds per (method, number of variations)."""
-    steps: int = 3000
-    batch_size: int = 256
-    lr: float = 1e-3
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    steps: int = field(default=3000, metadata=limits(at_least=1))
+    batch_size: int = field(default=256, metadata=limits(at_least=1))
+    lr: float = field(default=1e-3, metadata=limits(above=0))
+    hidden: list[int] = field(default_factory=lambda: [256, 256], metadata=limits(at_least=1))
     """Trunk of the procedure methods; BC gets these plus `head_hidden` as its hidden layers."""
-    head_hidden: list[int] = field(default_factory=lambda: [256])
-    obs_noise: float = 0.05
+    head_hidden: list[int] = field(default_factory=lambda: [256], metadata=limits(at_least=1))
+    obs_noise: float = field(default=0.05, metadata=limits(at_least=0))
     """State noise of every method (normalized units), as in the BC preset."""
-    threads: int = 1
+    threads: int = field(default=1, metadata=limits(at_least=0))
     """torch threads; one is fastest for these small MLPs on a shared 2-core box."""
 
     def check(self) -> None:
@@ -89,8 +92,8 @@ class Config:
         bad = [t for t in self.tasks if t not in known]
         if bad:
             raise ValueError(f"unknown task(s) {bad}; tasks are Meta-World's, e.g. push-v3")
-        if not self.train_variations or min(self.train_variations) < 1:
-            raise ValueError("train_variations needs numbers of at least 1, e.g. [5,10,20]")
+        if not self.train_variations:
+            raise ValueError("train_variations is empty; give numbers of variations, e.g. [5,10]")
         if self.eval_seed < max(self.train_variations):
             raise ValueError(
                 f"eval_seed {self.eval_seed} would replay training variations; make it at least "
@@ -101,9 +104,6 @@ class Config:
                 f"eval_episodes must be between 1 and {50 - self.eval_seed} (50 variations per "
                 "task, from eval_seed on)"
             )
-        for name in ("seeds", "steps", "batch_size", "max_episode_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
 
 
 class MetaWorldExperiment(Experiment):
