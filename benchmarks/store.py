@@ -22,9 +22,16 @@ A second table sweeps the image chunking of the store (steps per chunk, codec) f
 patterns, random windows and whole-episode replay, with the size on disk: the measurement behind
 the store's default.
 
+A third table prices the store's checksums on the same store: the CRC-32 taken per key when an
+episode is committed, against the commit itself; and the check of every training episode before
+training (`il.data.sampler.intact`), against the load training needs anyway, with images held in
+RAM (checked there) and streamed from disk (checked by a pass of their own); and `il info
+--verify` of the whole store.
+
     .venv/bin/python benchmarks/store.py
     .venv/bin/python benchmarks/store.py --steps 5000 --windows 500   # a quick look
     .venv/bin/python benchmarks/store.py --markdown                   # tables for docs/
+    .venv/bin/python benchmarks/store.py --integrity-only             # the checksum table only
 """
 
 from __future__ import annotations
@@ -43,8 +50,9 @@ import zarr.codecs
 from report import cpu, print_table
 
 import envs
+from il.data.integrity import find_damage
 from il.data.sampler import WindowSampler, window_spec
-from il.data.store import DemoStore, KeySpec, StoreSchema
+from il.data.store import DemoStore, KeySpec, StoreSchema, rows_checksum
 from il.record import record_expert
 
 CAMERAS = ("image/corner", "image/corner2")
@@ -224,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--episodes-per-task", type=int, default=2, help="source recordings")
     parser.add_argument("--no-sweep", action="store_true", help="skip the chunking sweep")
+    parser.add_argument(
+        "--integrity-only", action="store_true", help="only the table of checksum costs"
+    )
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
 
@@ -232,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         source = source_store(workdir, args.episodes_per_task)
         store = replicate(source, workdir / "ours.zarr", args.steps, {}, "lz4")
+        if args.integrity_only:
+            print(f"{store.num_episodes} episodes, {store.num_steps} steps. Machine: {cpu()}")
+            integrity(source, store, workdir, args)
+            return 0
         arrays = {k: store.array(k)[: store.num_steps] for k in keys_of(True)}
         per_frame = plain_zarr(store, workdir / "per_frame.zarr", per_frame=True)
         auto = plain_zarr(store, workdir / "auto.zarr", per_frame=False)
@@ -270,11 +285,85 @@ def main(argv: list[str] | None = None) -> int:
             rows,
             args.markdown,
         )
+        integrity(source, store, workdir, args)
         if not args.no_sweep:
             sweep(source, workdir, args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def integrity(source: DemoStore, store: DemoStore, workdir: Path, args: argparse.Namespace) -> None:
+    """What checksums cost: at commit, before training, and for `il info --verify`."""
+    keys = keys_of(True)
+    spec = window_spec(keys[:-1], OBS_HORIZON, ["action"], ACTION_HORIZON)
+    episodes = [source.read_episode(i, keys) for i in range(source.num_episodes)]
+    commit, summing = [], []
+    load = {"images in RAM": [], "images from disk": []}
+    check = {"images in RAM": [], "images from disk": []}
+    verify = []
+    for r in range(args.repeats):
+        path = workdir / f"commit-{r}.zarr"
+        with DemoStore.create(path, store.schema) as target:
+            t0 = time.perf_counter()
+            for i, ep in enumerate(episodes):
+                target.add_episode(ep, task="copy", seed=i)
+            commit.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for ep in episodes:
+            for k in keys:
+                rows_checksum(ep[k])
+        summing.append(time.perf_counter() - t0)
+        shutil.rmtree(path, ignore_errors=True)
+        for name, memory in (("images in RAM", 2**40), ("images from disk", 64 * 2**20)):
+            sampler = WindowSampler(store.path, spec, memory_bytes=memory)
+            t0 = time.perf_counter()
+            readers = sampler._load_readers()  # what the first batch loads
+            load[name].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            found = find_damage(store, list(spec), sampler.episodes, readers=readers)
+            check[name].append(time.perf_counter() - t0)
+            assert not found
+            del sampler, readers
+        t0 = time.perf_counter()
+        assert not find_damage(DemoStore.open(store.path))
+        verify.append(time.perf_counter() - t0)
+    median = statistics.median
+    images = sum(store.array(f"obs/{c}").nbytes for c in CAMERAS) * store.num_steps
+    images //= max(store.array(f"obs/{CAMERAS[0]}").shape[0], 1)
+    rows = [
+        [
+            f"commit {len(episodes)} episodes (add_episode)",
+            f"{median(commit) - median(summing):.2f} s",
+            f"{median(commit):.2f} s",
+            f"+{100 * median(summing) / (median(commit) - median(summing)):.1f}%",
+        ]
+    ]
+    for name in load:
+        before, added = median(load[name]), median(check[name])
+        rows.append(
+            [
+                f"ready to train, {name}",
+                f"{before:.2f} s",
+                f"{before + added:.2f} s",
+                f"+{added:.2f} s",
+            ]
+        )
+    rows.append(
+        [
+            f"il info --verify ({images / 2**20:,.0f} MiB of images decoded)",
+            "",
+            f"{median(verify):.2f} s",
+            "",
+        ]
+    )
+    print_table(
+        f"checksums (state, 2 cameras 84x84, action; {store.num_steps} steps), median of "
+        f"{args.repeats}",
+        ["", "without checksums", "with", "cost"],
+        rows,
+        args.markdown,
+    )
 
 
 def sweep(source: DemoStore, workdir: Path, args: argparse.Namespace) -> None:

@@ -40,6 +40,17 @@ def app() -> None:
     """Robot imitation learning: record, store, train, evaluate, deploy, fine-tune."""
 
 
+def _skip_damaged_option(what: str) -> Callable[[Callable], Callable]:
+    """--skip-damaged, the same for every verb that reads recorded episodes: without it,
+    episodes that do not read back as recorded are refused in one line naming them."""
+    return click.option(
+        "--skip-damaged",
+        is_flag=True,
+        help=f"Leave out damaged episodes (a chunk that does not decode, a checksum that does "
+        f"not match) and {what}, saying how many were left out [default: refuse the store].",
+    )
+
+
 def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -580,12 +591,20 @@ def deploy(
 @app.command("replay")
 @click.argument("path", type=click.Path(path_type=str))
 @click.option(
-    "--episode", type=click.IntRange(min=0), default=0, show_default=True, help="Episode index."
+    "--episode",
+    "episode_indices",
+    type=click.IntRange(min=0),
+    multiple=True,
+    default=(0,),
+    show_default=True,
+    help="Episode index; repeat it to replay several in turn.",
 )
+@_skip_damaged_option("replay the others")
 @_robot_options(robot_required=True)
 def replay(
     path: str,
-    episode: int,
+    episode_indices: tuple[int, ...],
+    skip_damaged: bool,
     robot: str,
     camera: tuple[str, ...],
     hz: float | None,
@@ -594,8 +613,10 @@ def replay(
     episodes: int | None,
     on_disconnect: str,
 ) -> None:
-    """Send a recorded episode's actions to a robot, at the store's rate, through the safety
-    filter; the scene is reset to the episode's seed where the robot can."""
+    """Send recorded episodes' actions to a robot, at the store's rate, through the safety
+    filter; the scene is reset to each episode's seed where the robot can. Damaged episodes are
+    refused before the robot moves."""
+    from il.data.integrity import damage_error, find_damage
     from il.data.store import DemoStore, StoreError
     from il.rig import RigError, make_rig
     from il.sources import ReplaySource
@@ -604,13 +625,30 @@ def replay(
         store = DemoStore.open(path)
     except StoreError as e:
         raise UserError(str(e)) from None
+    chosen = list(dict.fromkeys(episode_indices))
     with store:
-        if episode >= store.num_episodes:
-            raise UserError(
-                f"{path} has {store.num_episodes} episodes (0..{store.num_episodes - 1}); "
-                f"--episode {episode} is not one of them"
-            )
-        recording = ReplaySource.from_store(store, [episode])
+        for episode in chosen:
+            if episode >= store.num_episodes:
+                raise UserError(
+                    f"{path} has {store.num_episodes} episodes (0..{store.num_episodes - 1}); "
+                    f"--episode {episode} is not one of them"
+                )
+        try:
+            # Only the actions are sent, so only they are checked; nothing moves before.
+            key = ReplaySource.action_key(store)
+            damage = find_damage(store, [key], chosen)
+            damaged = sorted({d.episode for d in damage})
+            if damage and not skip_damaged:
+                fix = "pass --skip-damaged to replay the others" if len(chosen) > 1 else ""
+                raise damage_error(store, damage, len(chosen), fix or "replay another --episode")
+            chosen = [e for e in chosen if e not in damaged]
+            if damaged:
+                console.print(f"skipped {len(damaged)} damaged episode(s): {damaged}", markup=False)
+            if not chosen:
+                raise UserError(f"every episode asked for is damaged in {path}; nothing to replay")
+            recording = ReplaySource.from_store(store, chosen)
+        except StoreError as e:
+            raise UserError(str(e)) from None
         rate = hz or store.schema.fps or None
         convention, width = store.schema.action, store.schema.keys["action"].shape[0]
     try:
@@ -626,19 +664,32 @@ def replay(
 @app.command("info")
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print the same as JSON.")
-def info(path: str, as_json: bool) -> None:
-    """Describe a DemoStore: episodes, steps, keys, tasks, success, sources."""
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Also read and decode every chunk of every key and check each episode against the "
+    "checksums taken when it was recorded; lists damaged episodes by index, key and chunk file, "
+    "and exits with status 1 if there are any.",
+)
+def info(path: str, as_json: bool, verify: bool) -> None:
+    """Describe a DemoStore: episodes, steps, keys, tasks, success, sources, checksums."""
     import json
 
     from il.data.store import DemoStore, StoreError
 
     try:
         store = DemoStore.open(path)
+        report = store.info()
+        spec = store.schema.action_spec
+        damage = _verify_store(store) if verify else None
     except StoreError as e:
         raise UserError(str(e)) from None
-    report = store.info()
+    if damage is not None:
+        report["damage"] = [d.__dict__ for d in damage]
     if as_json:
         click.echo(json.dumps(report, indent=2))
+        if damage:
+            sys.exit(1)
         return
     console.print(
         f"[bold]{report['path']}[/]  {report['format']} v{report['schema_version']}, "
@@ -670,8 +721,57 @@ def info(path: str, as_json: bool) -> None:
     for k, v in report["tasks"].items():
         tasks.add_row(k, str(v), f"{100 * report['task_success_rate'][k]:.0f}%")
     console.print(tasks)
-    spec = store.schema.action_spec
     console.print(f"action: {spec.describe() if spec else 'no convention stated'}", markup=False)
+    sums = report["checksums"]
+    if sums is None:
+        summed = (
+            "none (recorded before checksums: --verify can only check that every chunk decodes)"
+        )
+    elif sums["episodes"] == report["episodes"]:
+        summed = f"{sums['algorithm']} of every key, every episode"
+    else:
+        summed = (
+            f"{sums['algorithm']} of every key for {sums['episodes']} of {report['episodes']} "
+            "episodes (the others were recorded before checksums)"
+        )
+    console.print(f"checksums: {summed}", markup=False)
+    if damage is not None:
+        _print_damage(store, damage, sums is not None)
+
+
+def _verify_store(store: Any) -> list[Any]:
+    """Every damaged episode and key of the store, with a progress bar over its chunks."""
+    from il.data.integrity import chunks_to_check, find_damage
+
+    with Progress(
+        TextColumn("[bold]verify[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        job = bar.add_task("chunks", total=chunks_to_check(store))
+        return find_damage(store, on_chunk=lambda: bar.advance(job))
+
+
+def _print_damage(store: Any, damage: list[Any], checksums: bool) -> None:
+    """The damaged episodes, one row per key, then status 1; or one line saying all is well."""
+    what = "decoded and matched their checksums" if checksums else "decoded (no checksums)"
+    if not damage:
+        console.print(f"verify: all {store.num_episodes} episodes, every key, {what}", markup=False)
+        return
+    console.print("damaged:", markup=False)
+    for d in damage:
+        console.print(f"  {d.describe()}", markup=False, highlight=False, soft_wrap=True)
+    episodes = len({d.episode for d in damage})
+    console.print(
+        f"verify: {episodes} of {store.num_episodes} episodes damaged; re-record them, or leave "
+        "them out with --skip-damaged (il train, il replay)",
+        markup=False,
+        soft_wrap=True,
+    )
+    sys.exit(1)
 
 
 def _shorten(text: str, width: int) -> str:
@@ -762,6 +862,7 @@ def _parse_tasks(tasks: str | None) -> tuple[str, ...]:
     "own preset].",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@_skip_damaged_option("train on the others (sets data.skip_damaged)")
 @click.argument("overrides", nargs=-1)
 def train_(
     policy: str | None,
@@ -769,6 +870,7 @@ def train_(
     out: str | None,
     config_file: Path | None,
     resume: bool,
+    skip_damaged: bool,
     overrides: tuple[str, ...],
 ) -> None:
     """Train a policy on a DemoStore. OVERRIDES are key=value, e.g. train.steps=5000
@@ -786,6 +888,8 @@ def train_(
         extra.append(f"data.path={data}")
     if out is not None:
         extra.append(f"out={out}")
+    if skip_damaged:
+        extra.append("data.skip_damaged=true")
     try:
         # --resume takes the run's own config (and policy), with this command's overrides on top
         saved = Path(out or f"runs/{policy or 'bc'}") / "config.yaml"

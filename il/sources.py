@@ -189,11 +189,16 @@ class ReplaySource(ActionSource):
         self._actions: np.ndarray = np.zeros((0, 0))
         self._step = 0
 
+    @staticmethod
+    def action_key(store: DemoStore) -> str:
+        """The key a replay sends: what the robot executed, not the labels where they differ."""
+        return "executed_action" if "executed_action" in store.schema.keys else "action"
+
     @classmethod
     def from_store(cls, store: DemoStore, indices: Sequence[int]) -> ReplaySource:
         """The episodes `indices` of an open `DemoStore`, with the actions the robot executed:
         a recording made with action noise executed `executed_action`, not its labels."""
-        key = "executed_action" if "executed_action" in store.schema.keys else "action"
+        key = cls.action_key(store)
         seeds = store.episode_meta()["seed"]
         return cls(
             [

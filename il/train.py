@@ -38,7 +38,7 @@ from torch import nn
 
 from il.config import check_limits, limits, load_yaml
 from il.data.normalize import Normalizer
-from il.data.sampler import WindowSampler, select_episodes, split_episodes, window_spec
+from il.data.sampler import WindowSampler, intact, select_episodes, split_episodes, window_spec
 from il.data.store import DemoStore, StoreError
 from il.policies import registry, text
 from il.policies.base import DataSpec, Policy
@@ -115,6 +115,9 @@ class DataConfig:
     holds its own copy). A key that does not fit is decoded from disk chunk by chunk at every
     batch: for two 84x84 cameras at batch 64 that is about a quarter of the image preset's step
     on 2 cores, so give an image store's decoded size here when the machine has it."""
+    skip_damaged: bool = False
+    """Leave out episodes that do not read back as recorded (a chunk that does not decode, a
+    checksum that does not match) instead of refusing the store (`il train --skip-damaged`)."""
 
 
 @dataclass
@@ -276,7 +279,6 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
     extra_modes = getattr(policy_class(config.policy), "extra_normalization", None)
     for key, mode in (extra_modes(policy_config) if extra_modes is not None else {}).items():
         modes[key] = config.data.normalize.get(key, mode)
-    normalizer = Normalizer.from_store(store, modes, train_eps)
     source = store.schema.source
     # Where the observation tells the tasks apart (a maze's walls), the policy gets no task
     # input, so it can be run on tasks it never saw.
@@ -300,6 +302,17 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
     train_sampler = WindowSampler(store.path, keys, train_eps, memory_bytes=memory)
     # a few batches every thousand steps: read from disk rather than hold a second copy
     val_sampler = WindowSampler(store.path, keys, val_eps) if len(val_eps) else None
+    # Damaged episodes are refused (or left out) here, before the run folder exists.
+    try:
+        train_sampler, val_sampler = intact(
+            [train_sampler, val_sampler],
+            skip_damaged=config.data.skip_damaged,
+            fix="pass --skip-damaged (data.skip_damaged=true) to train without them",
+        )
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
+    assert train_sampler is not None
+    normalizer = Normalizer.from_store(store, modes, train_sampler.episodes)
     return TrainingData(
         spec,
         normalizer,
@@ -575,6 +588,7 @@ def _loader(
     dataset = _Batches(data.train, data.train_tasks, tc.batch_size, tc.seed, rank, start)
     if tc.num_workers == 0:
         return iter(dataset)
+    data.train.release()  # loaded here to be checked; the workers load their own
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,

@@ -251,22 +251,40 @@ def _image_run(store: str, out: Path, *overrides: str):
     )  # fmt: skip
 
 
+class _FailsAtFirstStep:
+    """An error as the optimizer is about to take a run's first step, as a device that runs
+    out of memory raises it."""
+
+    def __enter__(self) -> _FailsAtFirstStep:
+        self.handle = register_optimizer_step_pre_hook(self._fail)
+        return self
+
+    @staticmethod
+    def _fail(*args: object) -> None:
+        raise RuntimeError("out of memory at the first step")
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+
 def test_a_run_that_fails_before_its_first_step_leaves_no_folder(image_store, tmp_path):
-    damaged = _damaged_copy(image_store, tmp_path / "damaged.zarr")
     out = tmp_path / "runs" / "fresh"
-    with pytest.raises(Exception) as failed:  # whatever the reader raises for the damage
-        train(_image_run(damaged, out))
-    assert not isinstance(failed.value, ConfigError), failed.value  # it failed at the first step
+    with _FailsAtFirstStep(), pytest.raises(RuntimeError, match="out of memory"):
+        train(_image_run(image_store, out))
     assert not out.exists() and not out.parent.exists()
     # A folder that was there before keeps what the user put in it, and gains nothing.
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(Exception) as failed:
-        train(_image_run(damaged, mine))
-    assert not isinstance(failed.value, ConfigError), failed.value
+    with _FailsAtFirstStep(), pytest.raises(RuntimeError, match="out of memory"):
+        train(_image_run(image_store, mine))
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
-    # The store itself trains (it is the damage that stopped the runs).
+    # Damaged data is refused before anything is made (the store's checksums and decode check).
+    damaged = _damaged_copy(image_store, tmp_path / "damaged.zarr")
+    with pytest.raises(ConfigError, match="is damaged"):
+        train(_image_run(damaged, out))
+    assert not out.parent.exists()
+    # The store itself trains (it is the error that stopped the runs).
     assert (
         train(_image_run(image_store, tmp_path / "ok", "train.steps=2")) / "policy.json"
     ).exists()

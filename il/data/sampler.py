@@ -12,10 +12,17 @@ The sampler works on committed episodes only and reads through `StepReader`s, wh
 keys in memory and decode image chunks straight from disk. It opens its store lazily, once per
 process, so a torch DataLoader may fork or spawn workers at any time (zarr's I/O thread is never
 shared across a fork).
+
+Before anything trains on a sampler, `intact` checks the episodes it covers against the
+checksums taken when they were committed (`il.data.integrity`), reading through the sampler's own
+readers: a key held in memory is checked in RAM right after the load training needs anyway.
+Damaged episodes are refused in one line, or left out when asked.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,9 +32,18 @@ import numpy as np
 import torch
 
 from il.data.reader import StepReader
-from il.data.store import DemoStore, StoreError
+from il.data.store import Damage, DemoStore, StoreDamagedError, StoreError
 
-__all__ = ["WindowDataset", "WindowSampler", "select_episodes", "split_episodes", "window_spec"]
+__all__ = [
+    "WindowDataset",
+    "WindowSampler",
+    "intact",
+    "select_episodes",
+    "split_episodes",
+    "window_spec",
+]
+
+log = logging.getLogger(__name__)
 
 
 def window_spec(
@@ -174,6 +190,7 @@ class WindowSampler:
         self._offsets = {k: np.arange(a, b + 1, dtype=np.int64) for k, (a, b) in self.keys.items()}
         self._readers: dict[str, StepReader] | None = None
         self._pid = -1
+        self._damage_checked = False
 
     # --- per-process state ----------------------------------------------------------------------
     def _open_store(self) -> DemoStore:
@@ -182,7 +199,16 @@ class WindowSampler:
         return self._store
 
     def readers(self) -> dict[str, StepReader]:
-        """This process's readers, made on first use (and again in a forked child)."""
+        """This process's readers, made on first use (and again in a forked child). A chunk of
+        this sampler's episodes that did not decode while loading is an error here, so damaged
+        data never reaches a batch as zeros."""
+        readers = self._load_readers()
+        if not self._damage_checked:
+            self._refuse_unreadable_chunks(readers)
+            self._damage_checked = True
+        return readers
+
+    def _load_readers(self) -> dict[str, StepReader]:
         if self._readers is None or self._pid != os.getpid():
             if self._pid not in (-1, os.getpid()):
                 self._store = None  # a forked child opens the store afresh
@@ -205,10 +231,40 @@ class WindowSampler:
             self._pid = os.getpid()
         return self._readers
 
+    def _refuse_unreadable_chunks(self, readers: Mapping[str, StepReader]) -> None:
+        starts, ends = self._layout.starts, self._layout.ends
+        for reader in readers.values():
+            n = reader.chunk_steps
+            for chunk, error in reader.damaged_chunks.items():
+                if np.any((starts < (chunk + 1) * n) & (ends > chunk * n)):
+                    raise error
+
+    def find_damage(self) -> list[Damage]:
+        """The damaged (episode, key) pairs among this sampler's episodes and keys, read through
+        its readers: keys held in memory are loaded (as the first batch would) and checked in
+        RAM; keys streamed from disk are read once, chunk by chunk."""
+        from il.data.integrity import find_damage
+
+        readers = self._load_readers()
+        return find_damage(self._open_store(), self.keys, self.episodes, readers=readers)
+
+    def without(self, episodes: Iterable[int]) -> WindowSampler:
+        """The same sampler minus `episodes`, sharing this process's readers (no second load)."""
+        other = copy.copy(self)
+        other.episodes = self.episodes[~np.isin(self.episodes, list(episodes))]
+        other._layout = _layout(self._open_store(), other.episodes)
+        other._damage_checked = False
+        return other
+
+    def release(self) -> None:
+        """Drop this process's readers and the data they hold (e.g. once DataLoader workers,
+        which load their own, have taken over)."""
+        self._readers, self._pid = None, -1
+
     def __getstate__(self) -> dict[str, Any]:
         # Workers get the plan, not open stores or decoded data.
         state = self.__dict__.copy()
-        state.update(_store=None, _readers=None, _pid=-1)
+        state.update(_store=None, _readers=None, _pid=-1, _damage_checked=False)
         return state
 
     # --- windows -------------------------------------------------------------------------------
@@ -255,6 +311,50 @@ class WindowSampler:
             out[key] = readers[key].take(steps)
             out[f"{key}_is_pad"] = pad
         return out
+
+
+def intact(
+    samplers: Sequence[WindowSampler | None], *, skip_damaged: bool = False, fix: str = ""
+) -> list[WindowSampler | None]:
+    """The samplers, checked for damaged episodes before anything is made from them.
+
+    Damage is a `StoreDamagedError` naming the damaged episodes, keys and files in one line
+    (ending with `fix`, what the caller's user can do about it); with `skip_damaged`, the
+    damaged episodes are left out of every sampler instead, with a warning saying how many. A
+    sampler left with no episode becomes None (the first one, the training set, is an error).
+    """
+    present = [s for s in samplers if s is not None]
+    if not present:
+        return list(samplers)
+    damage = [d for s in present for d in s.find_damage()]
+    if not damage:
+        return list(samplers)
+    store = present[0]._open_store()
+    checked = sum(len(s.episodes) for s in present)
+    damaged = sorted({d.episode for d in damage})
+    if not skip_damaged:
+        from il.data.integrity import damage_error
+
+        raise damage_error(store, damage, checked, fix or "leave them out (skip_damaged)")
+    log.warning(
+        "skipping %d damaged episode(s) of %s (%s); %d episode(s) remain",
+        len(damaged),
+        store.path,
+        ", ".join(str(e) for e in damaged[:10]) + (", ..." if len(damaged) > 10 else ""),
+        checked - len(damaged),
+    )
+    out: list[WindowSampler | None] = []
+    for i, sampler in enumerate(samplers):
+        kept = None if sampler is None else sampler.without(damaged)
+        if kept is not None and len(kept.episodes) == 0:
+            if i == 0:
+                raise StoreDamagedError(
+                    f"every episode {store.path} would train on is damaged; "
+                    f"`il info {store.path} --verify` lists them"
+                )
+            kept = None
+        out.append(kept)
+    return out
 
 
 def _committed_bytes(store: DemoStore, key: str, steps: int) -> int:

@@ -18,6 +18,11 @@ after the last complete entry — the episode in flight when the process was kil
 invisible, and the next writer trims it before appending. Nothing committed is ever rewritten
 except the boundary chunk, which is replaced atomically with its committed part intact.
 
+Why every episode carries checksums: a chunk can change after it was committed (a bad disk, a
+copy cut short, a stray write), and Blosc decodes most such changes without complaint. Before the
+commit point, `meta/checksums` gets one CRC-32 per key of the episode's rows as the recorder
+handed them, so readers (`il.data.integrity`) can tell a damaged episode from a recorded one.
+
 One writer at a time: a local store takes an exclusive `flock` on `.writer.lock` (released by the
 kernel when the process dies, so `kill -9` never leaves a stale lock). Readers need no lock.
 """
@@ -25,10 +30,12 @@ kernel when the process dies, so `kill -9` never leaves a stale lock). Readers n
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import shutil
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,13 +48,19 @@ import zarr.storage
 from robots.action import ActionSpec
 
 __all__ = [
+    "CHECKSUM",
     "FORMAT",
     "SCHEMA_VERSION",
+    "Damage",
     "DemoStore",
     "Episode",
     "KeySpec",
+    "StoreAccessError",
+    "StoreDamagedError",
     "StoreError",
+    "StoreFullError",
     "StoreSchema",
+    "rows_checksum",
 ]
 
 FORMAT = "il.demostore"
@@ -63,10 +76,60 @@ META_FIELDS: dict[str, Any] = {
 }
 """Per-episode metadata every store carries (strings as zarr 3 variable-length UTF-8)."""
 SOURCES = ("expert", "teleop", "policy", "intervention")
+CHECKSUM = "crc32"
+"""How `meta/checksums` sums an episode's rows of one key (see `rows_checksum`)."""
+_NO_CHECKSUM = -1  # fill value of meta/checksums: an episode written without one
 
 
 class StoreError(Exception):
     """A store that cannot be used as asked; the message says what to do."""
+
+
+class StoreAccessError(StoreError):
+    """The store, or a file in it, cannot be read or written by this process (permissions, a
+    read-only file system)."""
+
+
+class StoreFullError(StoreError):
+    """The disk filled up while an episode was written: that episode is lost, every episode
+    committed before it is intact."""
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One key of one committed episode that does not read back as it was recorded."""
+
+    episode: int
+    key: str
+    file: str
+    """The chunk file(s) holding the episode's rows of `key`: one path, or a shell-style range
+    such as `.../c/{3..7}/0/0/0` when a checksum cannot tell which of them changed."""
+    problem: str
+    """`checksum mismatch`, or why the chunk could not be read (`cannot be decoded: ...`)."""
+
+    def describe(self) -> str:
+        return f"episode {self.episode} {self.key!r}: {self.problem} in {self.file}"
+
+
+class StoreDamagedError(StoreError):
+    """Data or metadata of the store does not read back as it was written. `damage` lists the
+    damaged episodes and keys where they are known (empty for broken metadata)."""
+
+    def __init__(self, message: str, damage: tuple[Damage, ...] = ()) -> None:
+        super().__init__(message)
+        self.damage = damage
+
+
+def rows_checksum(rows: np.ndarray, running: int = 0) -> int:
+    """CRC-32 of an episode's rows of one key as the store holds them (C order, little-endian).
+
+    Passing the previous value as `running` continues it, so an episode read chunk by chunk sums
+    to the same value as the whole episode at once: a reader never needs the episode in one
+    piece. CRC-32 runs at several GB/s, far faster than the Blosc decode it checks."""
+    rows = np.ascontiguousarray(rows)
+    if rows.dtype.byteorder == ">":
+        rows = rows.astype(rows.dtype.newbyteorder("<"))
+    return zlib.crc32(rows.reshape(-1).view(np.uint8), running)
 
 
 @dataclass(frozen=True)
@@ -212,13 +275,14 @@ class DemoStore:
             )
         self.schema = StoreSchema.from_json(info)
         self._lock_file: Any = None
+        self._checksum_keys: list[str] | None = None
         try:
             self.refresh()
-        except KeyError as e:
-            raise StoreError(
-                f"{path} lacks its {e.args[0]!r} group or array; the store is damaged, "
-                "record into a new path"
-            ) from None
+            meta = self.root["meta"]
+            if "checksums" in meta:
+                self._checksum_keys = list(meta["checksums"].attrs.get("keys", []))
+        except (KeyError, ValueError, TypeError) as e:  # a missing or unreadable zarr.json
+            raise _metadata_error(path, self.schema, e) from None
 
     # --- opening -------------------------------------------------------------------------------
     @classmethod
@@ -240,10 +304,14 @@ class DemoStore:
         final = _local_path(path)
         if final.exists():
             raise StoreError(f"{path} already exists; open it with mode='a' to append")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        _remove_dead_staging(final)
         staging = final.with_name(f".{final.name}.creating-{os.getpid()}")
-        _create_layout(zarr.open_group(str(staging), mode="w-", zarr_format=3), schema)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            _remove_dead_staging(final)
+            _create_layout(zarr.open_group(str(staging), mode="w-", zarr_format=3), schema)
+        except OSError as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise _os_error(e, path, "creating it") from None
         lock = _take_lock(staging, str(final))
         try:
             os.rename(staging, final)
@@ -265,15 +333,24 @@ class DemoStore:
             raise StoreError(f"no store at {path}; record one with `il record --out {path}`")
         try:
             group = zarr.open_group(path, mode="r" if mode == "r" else "r+", zarr_format=3)
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
-            raise StoreError(
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as e:
+            not_a_store = StoreError(
                 f"{path} is not a DemoStore (no zarr 3 group there); give the path of a store "
                 "that `il record` made"
-            ) from None
+            )
+            if _is_local(path) and (_local_path(path) / "zarr.json").exists():
+                raise _metadata_error(path, None, e, otherwise=not_a_store) from None
+            raise not_a_store from None
+        except OSError as e:
+            raise _os_error(e, path, "reading") from None
         store = cls(group, path, writable=mode == "a")
         if mode == "a":
-            store._acquire_lock()
-            store.repair()
+            try:
+                store._acquire_lock()
+                store.repair()
+            except BaseException:
+                store.close()
+                raise
         return store
 
     @classmethod
@@ -290,6 +367,7 @@ class DemoStore:
     def _acquire_lock(self) -> None:
         if _is_local(self.path):  # object stores: one writer by convention (documented)
             self._lock_file = _take_lock(_local_path(self.path), self.path)
+            _check_writable(_local_path(self.path), self.path)
 
     def close(self) -> None:
         """Release the writer lock (a reader has nothing to release)."""
@@ -309,10 +387,11 @@ class DemoStore:
     # --- committed state -----------------------------------------------------------------------
     def refresh(self) -> None:
         """Re-read the commit point: a reader sees episodes committed since it opened."""
-        meta = self.root["meta"]
-        ends = np.asarray(meta["episode_ends"][:], dtype=np.int64)
-        data_len = min((self.root["data"][k].shape[0] for k in self.schema.keys), default=0)
-        meta_len = min(meta[name].shape[0] for name in META_FIELDS)
+        with _os_errors(self.path, "reading"):
+            meta = self.root["meta"]
+            ends = np.asarray(meta["episode_ends"][:], dtype=np.int64)
+            data_len = min((self.root["data"][k].shape[0] for k in self.schema.keys), default=0)
+            meta_len = min(meta[name].shape[0] for name in META_FIELDS)
         n = 0
         previous = 0
         for end in ends:
@@ -353,7 +432,32 @@ class DemoStore:
         """Per-episode metadata arrays, committed episodes only."""
         n = self.num_episodes
         meta = self.root["meta"]
-        return {name: np.asarray(meta[name][:n]) for name in META_FIELDS}
+        with _os_errors(self.path, "reading"):
+            return {name: np.asarray(meta[name][:n]) for name in META_FIELDS}
+
+    @property
+    def has_checksums(self) -> bool:
+        """Whether episodes are committed with checksums (False: a store from before them)."""
+        return self._checksum_keys is not None
+
+    def checksums(self) -> dict[str, np.ndarray] | None:
+        """Per key, the `rows_checksum` of each committed episode's rows as they were recorded:
+        `(E,)` int64, -1 for an episode committed without one. None for a store made before
+        checksums existed (`il info --verify` can then only check that every chunk decodes)."""
+        if self._checksum_keys is None:
+            return None
+        n = self.num_episodes
+        table = np.full((n, len(self._checksum_keys)), _NO_CHECKSUM, dtype=np.int64)
+        with _os_errors(self.path, "reading"):
+            sums = self.root["meta"]["checksums"]
+            have = min(sums.shape[0], n)
+            if have:
+                table[:have] = sums[:have]
+        return {
+            key: table[:, j]
+            for j, key in enumerate(self._checksum_keys)
+            if key in self.schema.keys
+        }
 
     def episode(self, index: int) -> Episode:
         if not -self.num_episodes <= index < self.num_episodes:
@@ -377,7 +481,8 @@ class DemoStore:
     def read_episode(self, index: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         """All steps of one episode for `keys` (default: every key)."""
         ep = self.episode(index)
-        return {k: self.array(k)[ep.start : ep.end] for k in (keys or list(self.schema.keys))}
+        with _os_errors(self.path, "reading"):
+            return {k: self.array(k)[ep.start : ep.end] for k in (keys or list(self.schema.keys))}
 
     # --- writing -------------------------------------------------------------------------------
     def check_schema(self, schema: StoreSchema) -> None:
@@ -400,17 +505,35 @@ class DemoStore:
         self._require_writable()
         self.refresh()
         n_steps, n_eps = self.num_steps, self.num_episodes
-        for key in self.schema.keys:
-            arr = self.root["data"][key]
-            if arr.shape[0] != n_steps:
-                arr.resize((n_steps, *arr.shape[1:]))
+        with _os_errors(self.path, "repairing"):
+            for key in self.schema.keys:
+                arr = self.root["data"][key]
+                if arr.shape[0] != n_steps:
+                    arr.resize((n_steps, *arr.shape[1:]))
+            meta = self.root["meta"]
+            for name in ("episode_ends", *META_FIELDS):
+                if meta[name].shape[0] != n_eps:
+                    meta[name].resize((n_eps,))
+            self._repair_checksums(n_eps)
+            if _is_local(self.path):
+                for partial in _local_path(self.path).rglob("*.partial"):
+                    partial.unlink(missing_ok=True)
+
+    def _repair_checksums(self, n_eps: int) -> None:
+        """One row of checksums per committed episode. A store from before checksums gets the
+        array here (its earlier episodes stay without); rows a writer that knew no checksums
+        left out are marked missing rather than read as whatever a trimmed episode left."""
         meta = self.root["meta"]
-        for name in ("episode_ends", *META_FIELDS):
-            if meta[name].shape[0] != n_eps:
-                meta[name].resize((n_eps,))
-        if _is_local(self.path):
-            for partial in _local_path(self.path).rglob("*.partial"):
-                partial.unlink(missing_ok=True)
+        if self._checksum_keys is None:
+            _create_checksums(meta, list(self.schema.keys), n_eps)
+            self._checksum_keys = list(self.schema.keys)
+            return
+        sums = meta["checksums"]
+        have = sums.shape[0]
+        if have != n_eps:
+            sums.resize((n_eps, sums.shape[1]))
+            if n_eps > have:
+                sums[have:n_eps] = _NO_CHECKSUM
 
     def add_episode(self, steps: Mapping[str, np.ndarray], **meta: Any) -> Episode:
         """Append one episode atomically and return it.
@@ -455,6 +578,36 @@ class DemoStore:
             raise StoreError(f"source must be one of {SOURCES}, got {source!r}")
 
         start, index = self.num_steps, self.num_episodes
+        # Summed before anything is written, so damage on the way to disk shows too.
+        sums = [rows_checksum(arrays[k]) if k in arrays else _NO_CHECKSUM for k in self._sum_keys]
+        try:
+            self._write_episode(arrays, meta, source, T, start, index, sums)
+        except OSError as e:
+            # Nothing of this episode is committed; what it left is trimmed by the next writer.
+            with contextlib.suppress(Exception):
+                self.refresh()
+            raise _os_error(
+                e,
+                self.path,
+                f"writing episode {index} (that episode is lost; the {index} episodes committed "
+                "before it are intact)",
+            ) from None
+        return self.episode(index)
+
+    @property
+    def _sum_keys(self) -> list[str]:
+        return self._checksum_keys if self._checksum_keys is not None else []
+
+    def _write_episode(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        meta: Mapping[str, Any],
+        source: str,
+        T: int,
+        start: int,
+        index: int,
+        sums: list[int],
+    ) -> None:
         end = start + T
         # 1. per-step data (invisible until step 3)
         for k, v in arrays.items():
@@ -474,12 +627,15 @@ class DemoStore:
         for name, value in values.items():
             m[name].resize((index + 1,))
             m[name][index] = value
+        if self._checksum_keys is not None:  # a store opened with mode="a" always has them
+            checksums = m["checksums"]
+            checksums.resize((index + 1, checksums.shape[1]))
+            checksums[index] = np.asarray(sums, dtype=np.int64)
         # 3. the commit point
         ends = m["episode_ends"]
         ends.resize((index + 1,))
         ends[index] = end
         self._episode_ends = np.append(self._episode_ends, np.int64(end))
-        return self.episode(index)
 
     def _require_writable(self) -> None:
         if not self.writable:
@@ -491,6 +647,13 @@ class DemoStore:
         meta = self.episode_meta()
         tasks, counts = np.unique(meta["task"], return_counts=True)
         sources, source_counts = np.unique(meta["source"], return_counts=True)
+        sums = self.checksums()
+        checksums = None
+        if sums is not None:
+            summed = np.ones(self.num_episodes, dtype=bool)
+            for key in self.schema.keys:
+                summed &= sums[key] != _NO_CHECKSUM if key in sums else False
+            checksums = {"algorithm": CHECKSUM, "episodes": int(summed.sum())}
         keys = {}
         for k, spec in self.schema.keys.items():
             arr = self.array(k)
@@ -517,6 +680,7 @@ class DemoStore:
             "sources": {str(s): int(c) for s, c in zip(sources, source_counts, strict=True)},
             "action": self.schema.action,
             "source": self.schema.source,
+            "checksums": checksums,
             "keys": keys,
         }
 
@@ -538,7 +702,21 @@ def _create_layout(group: zarr.Group, schema: StoreSchema) -> None:
     meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64", fill_value=_UNSET)
     for name, dtype in META_FIELDS.items():
         meta.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype)
+    _create_checksums(meta, list(schema.keys), 0)
     group.attrs["il"] = schema.to_json()
+
+
+def _create_checksums(meta: zarr.Group, keys: list[str], episodes: int) -> zarr.Array:
+    """`meta/checksums`: (E, K) int64, row e holding `rows_checksum` of episode e's rows of
+    each of `keys` (in the order its attrs list them), -1 where none was taken."""
+    return meta.create_array(
+        "checksums",
+        shape=(episodes, len(keys)),
+        chunks=(1024, max(len(keys), 1)),
+        dtype="int64",
+        fill_value=_NO_CHECKSUM,
+        attributes={"algorithm": CHECKSUM, "keys": keys},
+    )
 
 
 def _remove_dead_staging(final: Path) -> None:
@@ -553,7 +731,10 @@ def _remove_dead_staging(final: Path) -> None:
 def _take_lock(directory: Path, name: str) -> Any:
     """An exclusive `flock` on `directory/.writer.lock`; the kernel drops it when the process
     dies, so a killed writer never leaves a stale lock."""
-    handle = open(directory / ".writer.lock", "a+")  # noqa: SIM115 - held while writing
+    try:
+        handle = open(directory / ".writer.lock", "a+")  # noqa: SIM115 - held while writing
+    except OSError as e:
+        raise _os_error(e, name, "taking its writer lock") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -598,3 +779,100 @@ def _remote_exists(path: str) -> bool:
         return True
     except Exception:
         return False
+
+
+@contextlib.contextmanager
+def _os_errors(path: str, doing: str) -> Iterator[None]:
+    """OS errors inside the block as one-line `StoreError`s (see `_os_error`)."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except OSError as e:
+        raise _os_error(e, path, doing) from None
+
+
+def _os_error(error: OSError, path: str, doing: str) -> StoreError:
+    """A one-line `StoreError` for an OS error met while `doing` something with the store at
+    `path`: a full disk, a permission or a read-only file system, anything else as it is."""
+    where = error.filename or path
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFullError(
+            f"no space left on the disk of {path} while {doing}; free some space and run the "
+            "command again (il record resumes where it stopped)"
+        )
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if doing == "reading":
+            return StoreAccessError(
+                f"cannot read {where}: {reason}; give this user read access to the store "
+                f"(chmod -R u+rX {path})"
+            )
+        return StoreAccessError(
+            f"cannot write {path} while {doing}: {reason} ({where}); record into a folder you "
+            f"can write, or make it writable (chmod -R u+w {path}); reading needs no write access"
+        )
+    return StoreError(f"{path}: {doing} failed: {reason} ({where})")
+
+
+def _check_writable(root: Path, name: str) -> None:
+    """Fail at open, not at the first episode, when the store's folder takes no new files
+    (a lock file left by an earlier writer opens even in a read-only folder)."""
+    probe = root / ".write-probe"  # one name: the writer lock is held, no other writer probes
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise _os_error(e, name, "opening it to append") from None
+
+
+def _metadata_error(
+    path: str,
+    schema: StoreSchema | None,
+    error: Exception,
+    otherwise: StoreError | None = None,
+) -> StoreError:
+    """Which metadata document (`zarr.json`) of the store is missing or unreadable, in one line
+    (`otherwise` when every document reads: the error was not about them).
+
+    zarr names no file when a document is empty or cut short, so on a local disk every document
+    the store needs is checked by itself."""
+    if _is_local(path):
+        root = _local_path(path)
+        nodes = [""]
+        if schema is not None:
+            nodes += ["data", "meta", *(f"data/{k}" for k in schema.keys)]
+            nodes += [f"meta/{name}" for name in ("episode_ends", *META_FIELDS)]
+            if (root / "meta" / "checksums").exists():
+                nodes.append("meta/checksums")
+        for node in nodes:
+            document = root / node / "zarr.json"
+            try:
+                text = document.read_bytes()
+                json.loads(text)
+                continue
+            except FileNotFoundError:
+                problem = "is missing"
+            except ValueError:
+                problem = "is empty" if not text.strip() else "is not valid JSON"
+            except OSError as e:
+                return StoreAccessError(
+                    f"cannot read {document}: {e.strerror or e}; give this user read access "
+                    f"to the store (chmod -R u+rX {path})"
+                )
+            what = f"array {node!r}" if "/" in node else (f"group {node!r}" if node else "root")
+            fix = (
+                "delete the folder meta/checksums to use the store without checksums"
+                if node == "meta/checksums"
+                else "restore that file from a copy of the store; until then the store cannot "
+                "be read"
+            )
+            return StoreDamagedError(
+                f"{path}: the metadata of its {what} ({document}) {problem}; {fix}"
+            )
+    if otherwise is not None:
+        return otherwise
+    return StoreDamagedError(
+        f"{path}: the store's metadata cannot be read ({type(error).__name__}: {error}); "
+        "restore it from a copy of the store, or record into a new path"
+    )
