@@ -273,3 +273,29 @@ def test_a_resumed_recording_with_replacements_is_the_uninterrupted_one(tmp_path
             record_expert(suite, resumed, on_episode=stop, **options)
         record_expert(suite, resumed, **options)
         _assert_byte_identical(whole, resumed)
+
+
+def test_a_checkpoint_is_evaluated_under_its_demonstrations_task_seed(tmp_path):
+    from conftest import config_for
+
+    from il.evaluate import evaluate_checkpoint
+    from il.train import train
+
+    store = str(tmp_path / "seed1.zarr")
+    suite = envs.suite("metaworld/reach-v3", seed=1)
+    record_expert(suite, store, episodes_per_task=4, max_episode_steps=20)
+    run = tmp_path / "run"
+    train(config_for(store, run, "train.val_fraction=0", "data.only_success=false"))
+    kwargs = dict(episodes_per_task=2, max_episode_steps=5)
+    mine = evaluate_checkpoint(run, **kwargs)
+    other = evaluate_checkpoint(run, task_seed=0, **kwargs)
+    assert (mine.task_seed, other.task_seed) == (1, 0)
+    first = {}
+    for name, report in (("mine", mine), ("other", other)):
+        env = envs.suite("metaworld/reach-v3", seed=report.task_seed).make("reach-v3")
+        first[name] = env.reset(seed=report.tasks[0].episodes[0].seed)[0]["state"]
+        env.close()
+    with DemoStore.open(store) as recorded:
+        demo = recorded.read_episode(0, ["obs/state"])["obs/state"][0]
+    np.testing.assert_array_equal(first["mine"], demo)  # the demonstrations' variation 0
+    assert not np.array_equal(first["other"], demo)
