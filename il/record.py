@@ -367,20 +367,21 @@ def _ignore_sigint() -> None:
 class _Rollouts:
     """Episodes computed in job order, in this process or in `workers` spawned ones, for every
     round of one recording: starting a worker pool, or building an env, costs more than an
-    episode, so both are kept from one round to the next and closed at the end."""
+    episode, so both are kept from one round to the next and closed at the end. The pool
+    starts with the first episode to roll out (a store already complete needs none)."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._pool: Any = None
 
     def __enter__(self) -> _Rollouts:
-        if self.workers > 1:
-            self._pool = mp.get_context("spawn").Pool(self.workers, initializer=_ignore_sigint)
         return self
 
     def __call__(self, jobs: list) -> Iterator[tuple[str, int, Any, Any]]:
-        if self._pool is None:
+        if self.workers <= 1 or not jobs:
             return map(_job, jobs)
+        if self._pool is None:
+            self._pool = mp.get_context("spawn").Pool(self.workers, initializer=_ignore_sigint)
         return self._pool.imap(_job, jobs)
 
     def __exit__(self, *exc: object) -> None:
