@@ -490,8 +490,16 @@ def make(rest: str, **kwargs: Any) -> MazeEnv:
 
 
 # --- the family: what envs.make/suite, recording, evaluation and `il envs` read ---------------
+def _no_task_seed(seed: int) -> None:
+    if seed:
+        raise ValueError(
+            f"mazes have no task seed (a maze is fixed by its split and index); got {seed}, "
+            "leave it at 0"
+        )
+
+
 def _suite(rest: str, split: str = "train", seed: int = 0) -> MazeSuite:
-    del seed  # mazes are named by split and index; there is no benchmark seed
+    _no_task_seed(seed)
     try:
         return load_suite(rest, split)
     except ValueError as e:
@@ -499,7 +507,7 @@ def _suite(rest: str, split: str = "train", seed: int = 0) -> MazeSuite:
 
 
 def _make(rest: str, *, task_seed: int = 0, **kwargs: Any) -> MazeEnv:
-    del task_seed  # see _suite
+    _no_task_seed(task_seed)
     try:
         return make(rest, **kwargs)
     except ValueError as e:

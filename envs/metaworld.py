@@ -183,6 +183,9 @@ GOAL_MARKER_RGBA = (1.0, 0.0, 1.0, 1.0)
 """Magenta: the colour of goal markers that Meta-World draws in the arm's red."""
 MAX_EPISODE_STEPS = 500
 """Default episode length: Meta-World's own."""
+_SCENE_FIELDS_RESET_WRITES = ("body_pos", "body_quat", "site_pos", "site_quat", "eq_data")
+"""`MjModel` fields Meta-World's `reset_model`s write (bodies and goal sites placed per
+variation, the mocap weld), restored to their built values before every reset."""
 
 
 def check_task(task: str) -> str:
@@ -363,6 +366,9 @@ class MetaWorldEnv(gym.Env):
         self.sim.max_path_length = self.max_episode_steps
         self.sim.set_task(self.variations[0])
         _upright_cameras(self.sim.model, self.sim.data)
+        self._built_scene = {
+            name: getattr(self.sim.model, name).copy() for name in _SCENE_FIELDS_RESET_WRITES
+        }
 
         self.obs_keys = tuple(obs)
         self.cameras = tuple(k.split("/", 1)[1] for k in self.obs_keys if k.startswith("image/"))
@@ -431,6 +437,7 @@ class MetaWorldEnv(gym.Env):
         else:
             variation = int(self.np_random.integers(len(self.variations)))
         self.variation = variation
+        self._restore_built_scene()
         self.sim.set_task(self.variations[variation])
         state, _ = self.sim.reset()
         self._steps = 0
@@ -518,6 +525,24 @@ class MetaWorldEnv(gym.Env):
         self.sim._prev_obs = self.sim._get_curr_obs_combined_no_goal()
 
     # --- helpers -------------------------------------------------------------------------------
+    def _restore_built_scene(self) -> None:
+        """Put the simulator back as it was built, so that an episode never depends on the ones
+        before it.
+
+        Meta-World's reset reads the simulator it finds: it runs `reset_model` once on the
+        previous episode's final state (a puck left where the last episode pushed it), and only
+        then resets the data and runs it again. The first pass moves model fields (a push goal
+        site's height is read from the object's height), and a site moved after the last forward
+        pass keeps a stale world position, which the first frame renders. In a reused env that
+        frame differed from a new env's by a few pixels, so a resumed recording was not the
+        recording it resumed. The model fields reset writes and the whole of `MjData` are
+        restored here instead, which makes every reset start where a new env's first one does.
+        """
+        model = self.sim.model
+        for name, built in self._built_scene.items():
+            getattr(model, name)[...] = built
+        mujoco.mj_resetData(model, self.sim.data)
+
     @property
     def model(self) -> mujoco.MjModel:
         return self.sim.model
@@ -556,12 +581,15 @@ class Suite(TaskSuite):
     def task_not_found(self, name: str) -> Exception:
         return unknown(f"task of {self.name}", name, self.task_names)
 
+    def variation_count(self, task: SuiteTask) -> int:
+        return len(task.variations)
+
 
 def load_suite(kind: str, split: str = "train", task: str | None = None, seed: int = 0) -> Suite:
     """A suite by its short name (`MT10`, `ML45`, `easy`, `MT1` with `task`, ...)."""
     tasks = load_suite_tasks(kind, split, task, seed)
     name = f"metaworld/{kind}" + (f"/{task}" if task else "")
-    return Suite(name=name, split=split, tasks=tuple(tasks))
+    return Suite(name=name, split=split, tasks=tuple(tasks), task_seed=seed)
 
 
 # --- the family: what envs.make/suite, recording, evaluation and `il envs` read ---------------

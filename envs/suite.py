@@ -24,6 +24,9 @@ class TaskSuite:
     name: str
     split: str
     tasks: tuple[Any, ...]
+    task_seed: int = 0
+    """The benchmark seed the tasks' variations were drawn with (Meta-World's; 0 for a family
+    without one): another seed gives other variations of the same tasks."""
 
     build_env: ClassVar[Callable[[Any, str | None, dict[str, Any]], gym.Env]]
 
@@ -43,6 +46,12 @@ class TaskSuite:
 
     def task_not_found(self, name: str) -> Exception:
         return ValueError(f"{name!r} is not a task of {self.name} ({self.split})")
+
+    def variation_count(self, task: Any) -> int | None:
+        """How many variations `task` has where episode seeds take them in turn (seed s plays
+        variation s mod n, so n consecutive seeds visit each once); None where a seed draws
+        its variation otherwise (a maze's random start)."""
+        return None
 
     def task(self, name: str) -> Any:
         for t in self.tasks:

@@ -68,8 +68,8 @@ def _formatted_doc(**values: str) -> Callable[[Callable], Callable]:
 
 def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
     """The options every verb that rolls episodes out shares, with the same names and meaning:
-    --env, --tasks, --split, --episodes-per-task, --workers, --seed, --obs, --image-size,
-    --max-episode-steps."""
+    --env, --tasks, --split, --task-seed, --episodes-per-task, --workers, --seed, --obs,
+    --image-size, --max-episode-steps."""
     options = [
         click.option(
             "--env",
@@ -88,6 +88,14 @@ def _rollout_options(episodes_per_task: int) -> Callable[[Callable], Callable]:
             default="train",
             show_default=True,
             help="Suite split: train or test, where the suite has one (`il envs` lists them).",
+        ),
+        click.option(
+            "--task-seed",
+            type=click.IntRange(min=0, max=2**31 - 1),
+            default=None,
+            help="Benchmark seed that draws each task's variations (Meta-World: its 50 object "
+            "and goal positions); another seed gives variations the default ones do not hold "
+            "[default: 0; for --checkpoint, that of the demonstrations it learnt from].",
         ),
         click.option(
             "--episodes-per-task",
@@ -239,6 +247,7 @@ def eval_(
     env: str | None,
     tasks: str | None,
     split: str,
+    task_seed: int | None,
     episodes_per_task: int,
     workers: int | None,
     seed: int,
@@ -282,7 +291,12 @@ def eval_(
                 check_acts(folder)
                 spec = learned["spec"]
                 chosen = checkpoint_suite(
-                    spec["env"], spec.get("tasks") or [], suite=env, split=split, tasks=names
+                    spec["env"],
+                    spec.get("tasks") or [],
+                    suite=env,
+                    split=split,
+                    tasks=names,
+                    task_seed=task_seed,
                 )
                 n_episodes = len(chosen.tasks) * episodes_per_task
                 workers = workers or min(_cpu_count(), n_episodes)
@@ -294,6 +308,7 @@ def eval_(
                     suite=env,
                     split=split,
                     tasks=names,
+                    task_seed=task_seed,
                     workers=workers,
                     act_ahead=act_ahead,
                     acting=acting,
@@ -303,7 +318,7 @@ def eval_(
                 raise UserError(str(e)) from None
             policy = learned["policy"]
         else:
-            suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs, tasks)
+            suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs, tasks, task_seed)
             workers = workers or min(_cpu_count(), len(suite.tasks) * episodes_per_task)
             bar.update(
                 job,
@@ -332,6 +347,13 @@ def eval_(
     console.print(
         f"{report.steps} steps in {report.seconds:.1f} s "
         f"({report.steps_per_second:.0f} steps/s, {workers} worker{'' if workers == 1 else 's'})"
+    )
+    played = report.variations()
+    console.print(
+        f"task seed {report.task_seed}, "
+        + (f"variations {played} of each task" if played else "variations by task in --json"),
+        highlight=False,
+        soft_wrap=True,
     )
     if report.videos:
         console.print(f"videos: {len(report.videos)} mp4 in {video}")
@@ -386,6 +408,7 @@ def record(
     env: str,
     tasks: str | None,
     split: str,
+    task_seed: int | None,
     episodes_per_task: int,
     obs: str | None,
     image_size: int,
@@ -413,6 +436,11 @@ def record(
     if robot is not None:
         if teleop is None:
             raise UserError("recording from --robot needs --teleop (keyboard, gamepad, spacemouse)")
+        if task_seed is not None:
+            raise UserError(
+                "--task-seed is for recording the experts; a simulated robot takes `task_seed` "
+                "among the options of its setup YAML"
+            )
         from il.rig import RigError, make_rig
 
         try:
@@ -433,7 +461,7 @@ def record(
         _print_session(report, out, policy=False)
         return
 
-    suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs, tasks)
+    suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs, tasks, task_seed)
     max_episode_steps = _max_steps(suite.name, max_episode_steps)
     workers = workers or _cpu_count()
     total = len(suite.tasks) * episodes_per_task
@@ -469,6 +497,8 @@ def record(
         f"({summary.skipped} already there, {summary.discarded} failed and dropped); "
         f"the store holds {summary.episodes_in_store} episodes"
     )
+    for line in summary.short:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -718,9 +748,18 @@ def info(path: str, as_json: bool, verify: bool) -> None:
     tasks.add_column("task", no_wrap=True)
     tasks.add_column("episodes", justify="right")
     tasks.add_column("success", justify="right")
+    coverage = report["variations"]
+    if coverage:
+        tasks.add_column("variations", justify="right")
+        tasks.add_column("task seed", justify="right")
     for k, v in report["tasks"].items():
-        tasks.add_row(k, str(v), f"{100 * report['task_success_rate'][k]:.0f}%")
+        row = [k, str(v), f"{100 * report['task_success_rate'][k]:.0f}%"]
+        if coverage:
+            row += _variation_cells(coverage.get(k))
+        tasks.add_row(*row)
     console.print(tasks)
+    if coverage:
+        console.print(_duplicates_line(coverage), markup=False, highlight=False, soft_wrap=True)
     console.print(f"action: {spec.describe() if spec else 'no convention stated'}", markup=False)
     sums = report["checksums"]
     if sums is None:
@@ -774,6 +813,27 @@ def _print_damage(store: Any, damage: list[Any], checksums: bool) -> None:
     sys.exit(1)
 
 
+def _variation_cells(coverage: dict[str, Any] | None) -> list[str]:
+    """A task's variation coverage (`44 of 50`) and task seed for `il info`'s task table."""
+    if coverage is None:
+        return ["-", "-"]
+    stored, total = coverage["stored"], coverage["total"]
+    seeds = ", ".join(str(s) for s in coverage["task_seeds"])
+    return [f"{stored} of {total}" if total is not None else str(stored), seeds]
+
+
+def _duplicates_line(coverage: dict[str, dict[str, Any]]) -> str:
+    """`il info`'s line on variations played by more than one episode."""
+    duplicated = [
+        f"{task}: " + ", ".join(f"{d['variation']} ×{len(d['episodes'])}" for d in c["duplicates"])
+        for task, c in coverage.items()
+        if c["duplicates"]
+    ]
+    if not duplicated:
+        return "no duplicate variations"
+    return "duplicate variations (task: variation ×episodes): " + "; ".join(duplicated)
+
+
 def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -795,14 +855,14 @@ def _max_steps(env: str, given: int | None) -> int:
 
 
 def _suite_and_obs(
-    env: str, split: str, obs: str | None, tasks: str | None = None
+    env: str, split: str, obs: str | None, tasks: str | None = None, task_seed: int | None = None
 ) -> tuple[Any, tuple[str, ...]]:
-    """The suite named by --env/--split (only --tasks of it, if given) and the keys of --obs
-    (None: the family's default), or a one-line error."""
+    """The suite named by --env/--split/--task-seed (only --tasks of it, if given) and the keys
+    of --obs (None: the family's default), or a one-line error."""
     import envs
 
     try:
-        suite = envs.suite(env, split=split)
+        suite = envs.suite(env, split=split, seed=task_seed or 0)
         if tasks is not None:
             suite = suite.subset(_parse_tasks(tasks))
         return suite, envs.family_of(env).parse_obs(obs)

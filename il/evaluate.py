@@ -78,11 +78,21 @@ class EvalReport:
     seconds: float
     steps: int
     videos: list[str] = field(default_factory=list)
+    task_seed: int = 0
+    """The benchmark seed that drew the tasks' variations (`TaskSuite.task_seed`)."""
 
     @property
     def success_rate(self) -> float:
         """Mean over tasks of the per-task success rate (each task weighs the same)."""
         return float(np.mean([t.success_rate for t in self.tasks])) if self.tasks else 0.0
+
+    def variations(self) -> str | None:
+        """The variations evaluated, for a person: `0-9` when every task played the same ones,
+        else None (the JSON lists each task's)."""
+        played = {tuple(e.variation for e in t.episodes) for t in self.tasks}
+        if len(played) != 1:
+            return None
+        return _ranges(next(iter(played)))
 
     @property
     def steps_per_second(self) -> float:
@@ -92,6 +102,7 @@ class EvalReport:
         return {
             "suite": self.suite,
             "policy": self.policy,
+            "task_seed": self.task_seed,
             "success_rate": self.success_rate,
             "seconds": self.seconds,
             "steps": self.steps,
@@ -101,6 +112,7 @@ class EvalReport:
                 t.task: {
                     "success_rate": t.success_rate,
                     "mean_length": t.mean_length,
+                    "variations": [e.variation for e in t.episodes],
                     "episodes": [asdict(e) for e in t.episodes],
                 }
                 for t in self.tasks
@@ -111,6 +123,17 @@ class EvalReport:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_json(), indent=2))
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+    """`0, 1, 2, 5, 49, 0` → `0-2, 5, 49, 0`: runs of consecutive numbers, in the order played."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 @dataclass(frozen=True)
@@ -320,6 +343,7 @@ def evaluate(
         seconds=seconds,
         steps=steps,
         videos=sorted(videos),
+        task_seed=suite.task_seed,
     )
 
 
@@ -374,15 +398,18 @@ def checkpoint_suite(
     suite: str | None = None,
     split: str = "train",
     tasks: Sequence[str] = (),
+    task_seed: int | None = None,
 ) -> TaskSuite:
     """The tasks a checkpoint is evaluated on, from its spec alone (`env`, `trained_tasks`), so
     a caller can size its work before any weights are read: the suite it was trained in (or
     `suite`), narrowed to the tasks it learned and then to `tasks`, each name resolved the
-    way the suite resolves it."""
+    way the suite resolves it. Their variations are those of `task_seed`, by default the
+    benchmark seed its demonstrations were recorded with (0 for checkpoints that predate it)."""
     name = suite or env.get("suite")
     if name is None:
         raise ValueError("the checkpoint does not name its suite; pass one with --env")
-    chosen = envs.suite(name, split=split if suite else env.get("split", split))
+    seed = int(env.get("task_seed", 0)) if task_seed is None else task_seed
+    chosen = envs.suite(name, split=split if suite else env.get("split", split), seed=seed)
     trained = env.get("tasks") or trained_tasks
     if suite is None and trained:  # the tasks it was trained on, of the suite it came from
         chosen = chosen.subset(t for t in chosen.task_names if t in trained)
@@ -404,14 +431,17 @@ def evaluate_checkpoint(
     suite: str | None = None,
     split: str = "train",
     tasks: Sequence[str] = (),
+    task_seed: int | None = None,
     act_ahead: int = 0,
     acting: Sequence[str] = (),
     **kwargs: Any,
 ) -> EvalReport:
     """Evaluate a checkpoint in the env it describes: its suite (or `suite`), its observation
     keys, image size and episode length. `tasks`: only these tasks of that suite, on the same
-    variations. `act_ahead`: roll out as a deployment with `Policy.set_act_ahead` would.
-    `acting`: `model.key=value` changes to how it acts (see `load_policy`)."""
+    variations. `task_seed`: the benchmark seed of the variations (default: its
+    demonstrations'; another one evaluates on variations it never saw). `act_ahead`: roll out
+    as a deployment with `Policy.set_act_ahead` would. `acting`: `model.key=value` changes to
+    how it acts (see `load_policy`)."""
     from il.policies.base import resolve_checkpoint
     from il.policies.registry import check_acts, load_policy
     from robots.action import check_actions
@@ -421,7 +451,9 @@ def evaluate_checkpoint(
     policy = load_policy(folder, acting=acting)  # bad values fail here, before any worker starts
     policy.set_act_ahead(act_ahead)
     env = policy.spec.env
-    chosen = checkpoint_suite(env, policy.spec.tasks, suite=suite, split=split, tasks=tasks)
+    chosen = checkpoint_suite(
+        env, policy.spec.tasks, suite=suite, split=split, tasks=tasks, task_seed=task_seed
+    )
     # the checkpoint meets the env here: its actions must mean what the env's do
     check_actions(
         policy.spec.action,

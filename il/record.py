@@ -3,7 +3,13 @@
 Episodes are rolled out in spawned worker processes (one per core) and committed by the parent
 in a fixed order, one at a time, so the store is the same whatever the number of workers, and a
 `kill -9` at any moment loses at most the episode being written. Re-running the same command
-resumes: episodes whose (task, seed) is already in the store are skipped.
+resumes: episodes whose (task, seed) is already in the store are skipped, and the store it ends
+with is byte for byte the one an uninterrupted run writes.
+
+Each episode stores its variation (Meta-World: which object and goal positions) and the
+benchmark seed its variations come from. Where a task's variations are a fixed list that seeds
+take in turn (seed s plays variation s mod n), an episode dropped by `only_success` is replaced
+by the next variation no episode of the task has played, never by one played already.
 
 What a step stores comes from the suite's env family (`envs.family_of(suite.name).recording`),
 so that one recording serves every method of il: the observation, the action, reward and success,
@@ -15,10 +21,11 @@ This module knows no family by name.
 from __future__ import annotations
 
 import collections
+import contextlib
 import multiprocessing as mp
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -27,7 +34,7 @@ import numpy as np
 import envs
 from envs.family import Recording, RecordSpec
 from envs.suite import TaskSuite
-from il.data.store import DemoStore, KeySpec, StoreSchema
+from il.data.store import DemoStore, KeySpec, StoreError, StoreSchema
 
 __all__ = [
     "RecordPlan",
@@ -50,6 +57,8 @@ class RecordPlan:
     suite_name: str
     spec: RecordSpec
     recording: Recording
+    task_seed: int = 0
+    """The benchmark seed of the suite's variations (the tasks carry the variations)."""
 
 
 @dataclass
@@ -58,6 +67,9 @@ class RecordSummary:
     skipped: int
     discarded: int
     episodes_in_store: int
+    short: list[str] = field(default_factory=list)
+    """One line per task left with fewer episodes than asked: every variation it has was
+    tried (or, where seeds draw variations at random, every seed allowed)."""
 
 
 def plan_recording(suite: TaskSuite, spec: RecordSpec) -> RecordPlan:
@@ -67,7 +79,7 @@ def plan_recording(suite: TaskSuite, spec: RecordSpec) -> RecordPlan:
         raise ValueError(f"action noise must be 0 or more, not {spec.action_noise}")
     family = envs.family_of(suite.name)
     recording = family.recording(suite, spec)
-    return RecordPlan(family.name, type(suite), suite.name, spec, recording)
+    return RecordPlan(family.name, type(suite), suite.name, spec, recording, suite.task_seed)
 
 
 def expert_schema(suite: TaskSuite, spec: RecordSpec) -> StoreSchema:
@@ -81,11 +93,14 @@ def _schema(suite: TaskSuite, plan: RecordPlan) -> StoreSchema:
         key: KeySpec(k.shape, k.dtype, k.description, k.chunk_steps)
         for key, k in plan.recording.keys.items()
     }
+    counts = {t.name: suite.variation_count(t) for t in suite.tasks}
     source = {
         "env": family.name,
         "suite": suite.name,
         "split": suite.split,
         "tasks": list(suite.task_names),
+        "task_seed": suite.task_seed,
+        "variations": {name: n for name, n in counts.items() if n is not None},
         **plan.recording.source,
     }
     return StoreSchema(
@@ -99,7 +114,7 @@ def rollout_expert(plan: RecordPlan, task: Any, seed: int) -> tuple[dict[str, np
     spec, recording = plan.spec, plan.recording
     env = _episode_env(plan, task)
     expert = envs.family_of(plan.family).expert(task)
-    obs, _ = env.reset(seed=seed)
+    obs, reset_info = env.reset(seed=seed)
     steps: dict[str, list[np.ndarray]] = {}
 
     def put(key: str, value: Any) -> None:
@@ -148,6 +163,8 @@ def rollout_expert(plan: RecordPlan, task: Any, seed: int) -> tuple[dict[str, np
         "success": success_at is not None,
         "seed": seed,
         "source": "expert",
+        "variation": int(reset_info.get("variation", -1)),
+        "task_seed": plan.task_seed,
     }
     return arrays, meta
 
@@ -166,7 +183,7 @@ def _episode_env(plan: RecordPlan, task: Any) -> gym.Env:
     kwargs: dict[str, Any] = {"obs": obs, "max_episode_steps": plan.spec.max_episode_steps}
     if any(k.startswith("image/") for k in obs):  # envs without cameras take no image size
         kwargs["image_size"] = plan.spec.image_size
-    key = (plan.suite_name, task.name, task.index, *sorted(kwargs.items()))
+    key = (plan.suite_name, plan.task_seed, task.name, task.index, *sorted(kwargs.items()))
     env = _ENVS.pop(key, None)
     if env is None:
         env = plan.suite_type.build_env(task, plan.suite_name, kwargs)
@@ -203,11 +220,13 @@ def record_expert(
     on_episode: Callable[[str, bool], None] | None = None,
 ) -> RecordSummary:
     """Record `episodes_per_task` expert episodes of every task of `suite` into `out`: episode
-    seeds `seed`, `seed + 1`, ... of each task. `obs` and `max_episode_steps` default to the
-    family's (`envs.defaults`).
+    seeds `seed`, `seed + 1`, ... of each task, on the variations of `suite.task_seed`. `obs`
+    and `max_episode_steps` default to the family's (`envs.defaults`).
 
-    With `only_success`, failed episodes are dropped and further seeds are tried (up to three
-    times the request) until each task has its count.
+    With `only_success`, failed episodes are dropped and further seeds are tried until each
+    task has its count: for a task whose seeds take its n variations in turn, the seeds up to
+    `seed + n - 1`, so that no variation is played twice (the summary names a task that runs
+    out); otherwise up to three times the request.
     """
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be at least 1, got {episodes_per_task}")
@@ -220,43 +239,124 @@ def record_expert(
         action_noise=action_noise,
     )
     plan = plan_recording(suite, spec)
-    store = DemoStore.open_or_create(out, _schema(suite, plan))
-    try:
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(DemoStore.open_or_create(out, _schema(suite, plan)))
+        _check_task_seed(store, suite.task_seed, out)
         meta = store.episode_meta()
-        have: dict[str, set[int]] = {t: set() for t in suite.task_names}
+        stored: dict[str, set[int]] = {t: set() for t in suite.task_names}
         for task, s in zip(meta["task"], meta["seed"], strict=True):
-            have.setdefault(str(task), set()).add(int(s))
+            stored.setdefault(str(task), set()).add(int(s))
+        queues = {
+            t.name: _Attempts(
+                t.name,
+                _candidate_seeds(suite, t, seed, episodes_per_task, only_success),
+                stored[t.name],
+            )
+            for t in suite.tasks
+        }
+        skipped = sum(min(len(stored[t]), episodes_per_task) for t in suite.task_names)
         recorded = discarded = 0
-        skipped = sum(min(len(have[t]), episodes_per_task) for t in suite.task_names)
-        next_seed = dict.fromkeys(suite.task_names, seed)
-        max_seed = seed + (3 * episodes_per_task if only_success else episodes_per_task)
+        # Rounds, as an uninterrupted run has them: each task takes as many of its next seeds
+        # as it lacks episodes. A seed already in the store counts as the success it was, so a
+        # resumed run plans the rounds the interrupted one did and appends exactly what that
+        # one would have appended after the point it stopped.
+        rollouts = stack.enter_context(_Rollouts(workers))
         while True:
             jobs = []
+            planned = False
             for task in suite.tasks:
-                missing = episodes_per_task - len(have[task.name])
-                while missing > 0 and next_seed[task.name] < max_seed:
-                    s = next_seed[task.name]
-                    next_seed[task.name] += 1
-                    if s in have[task.name]:
-                        continue
-                    jobs.append((plan, task, s))
-                    missing -= 1
-            if not jobs:
+                queue = queues[task.name]
+                before = queue.tried
+                jobs += [(plan, task, s) for s in queue.take(episodes_per_task)]
+                planned = planned or queue.tried > before
+            if not planned:
                 break
-            for name, s, arrays, episode_meta in _run(jobs, workers):
+            for name, _, arrays, episode_meta in rollouts(jobs):
                 if only_success and not episode_meta["success"]:
                     discarded += 1
+                    queues[name].failed += 1
                 else:
                     store.add_episode(arrays, **episode_meta)
-                    have[name].add(s)
+                    queues[name].kept += 1
                     recorded += 1
                 if on_episode is not None:
                     on_episode(name, bool(episode_meta["success"]))
             if not only_success:
                 break
-        return RecordSummary(recorded, skipped, discarded, store.num_episodes)
-    finally:
-        store.close()
+        short = [
+            queues[t.name].shortfall(episodes_per_task, suite.variation_count(t))
+            for t in suite.tasks
+            if queues[t.name].kept < episodes_per_task
+        ]
+        return RecordSummary(recorded, skipped, discarded, store.num_episodes, short)
+
+
+def _candidate_seeds(
+    suite: TaskSuite, task: Any, seed: int, episodes: int, only_success: bool
+) -> list[int]:
+    """The seeds a task's episodes are tried with, in order. Without `only_success` every
+    episode is kept, so `episodes` seeds. With it, failed ones are replaced by the following
+    seeds: where seeds take a task's n variations in turn, the n seeds from `seed` play each
+    variation once, and a replacement beyond them would replay one; elsewhere up to three
+    times the request."""
+    if not only_success:
+        return list(range(seed, seed + episodes))
+    variations = suite.variation_count(task)
+    return list(range(seed, seed + (variations if variations else 3 * episodes)))
+
+
+@dataclass
+class _Attempts:
+    """One task's seeds in the order they are tried, and its episodes kept so far."""
+
+    task: str
+    seeds: list[int]
+    stored: set[int]
+    """Seeds of the task's episodes already in the store."""
+    kept: int = 0
+    tried: int = 0
+    failed: int = 0
+
+    def __post_init__(self) -> None:
+        # episodes of seeds this recording would not try (another --seed) count all the same
+        self.kept = len(self.stored - set(self.seeds))
+
+    def take(self, wanted: int) -> list[int]:
+        """Seeds to roll out this round: the next ones, as many as the task lacks episodes.
+        One the store holds counts as kept at once, as it was when it was recorded."""
+        jobs: list[int] = []
+        lacking = wanted - self.kept
+        while lacking > 0 and self.tried < len(self.seeds):
+            s = self.seeds[self.tried]
+            self.tried += 1
+            lacking -= 1
+            if s in self.stored:
+                self.kept += 1
+            else:
+                jobs.append(s)
+        return jobs
+
+    def shortfall(self, wanted: int, variations: int | None) -> str:
+        """The line that says why this task has fewer episodes than asked."""
+        have = f"{self.task} has {self.kept} of {wanted} episodes"
+        if variations is not None and len(self.seeds) >= variations:
+            fix = f"ask for at most {self.kept}" if self.kept else "give the episodes more steps"
+            return (
+                f"{have}: no unused variation left (all {variations} tried, the expert failed "
+                f"on {self.failed}); {fix}, or drop --only-success"
+            )
+        return f"{have}: the expert failed on {self.failed} of the {len(self.seeds)} seeds tried"
+
+
+def _check_task_seed(store: DemoStore, task_seed: int, out: str) -> None:
+    """One store, one benchmark seed: a resumed recording must draw the variations its
+    episodes came from (a store from before task seeds were stored was recorded with 0)."""
+    recorded = int(store.schema.source.get("task_seed", 0))
+    if recorded != task_seed:
+        raise StoreError(
+            f"{out} holds variations of task seed {recorded}; record task seed {task_seed} "
+            f"into a new store, or resume this one with task seed {recorded}"
+        )
 
 
 def _ignore_sigint() -> None:
@@ -264,14 +364,28 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run(jobs: list, workers: int) -> Iterator[tuple[str, int, Any, Any]]:
-    """Episodes in job order, computed by `workers` spawned processes."""
-    if workers <= 1:
-        try:
-            for job in jobs:
-                yield _job(job)
-        finally:
-            _close_envs()
-        return
-    with mp.get_context("spawn").Pool(workers, initializer=_ignore_sigint) as pool:
-        yield from pool.imap(_job, jobs)
+class _Rollouts:
+    """Episodes computed in job order, in this process or in `workers` spawned ones, for every
+    round of one recording: starting a worker pool, or building an env, costs more than an
+    episode, so both are kept from one round to the next and closed at the end. The pool
+    starts with the first episode to roll out (a store already complete needs none)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: Any = None
+
+    def __enter__(self) -> _Rollouts:
+        return self
+
+    def __call__(self, jobs: list) -> Iterator[tuple[str, int, Any, Any]]:
+        if self.workers <= 1 or not jobs:
+            return map(_job, jobs)
+        if self._pool is None:
+            self._pool = mp.get_context("spawn").Pool(self.workers, initializer=_ignore_sigint)
+        return self._pool.imap(_job, jobs)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+        _close_envs()

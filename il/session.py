@@ -230,6 +230,7 @@ class Session:
             else None
         )
         self._buffer = EpisodeBuffer()
+        self._resume_seed = _seed_after(store)
         self._episode: _Episode | None = None
         self._last: _Episode | None = None
         """The episode in flight, else the one before: what the status line shows."""
@@ -311,7 +312,10 @@ class Session:
     # --- episodes ------------------------------------------------------------------------------
     def _begin(self) -> None:
         index = len(self.report.episodes)
-        used = self.robot.home(self.source.begin_episode(index))
+        seed = self.source.begin_episode(index)
+        if seed is None and self._resume_seed is not None:
+            seed = self._resume_seed + index
+        used = self.robot.home(seed)
         self._episode = self._last = _Episode(
             index=index, mode=self.source.mode, seed=-1 if used is None else used
         )
@@ -474,6 +478,17 @@ class Session:
             self._writer.close()
             self.report.save_seconds = list(self._writer.save_seconds)
             self.report.submit_seconds = list(self._writer.submit_seconds)
+
+
+def _seed_after(store: DemoStore | None) -> int | None:
+    """The seed a session resumed into `store` starts from: one after the highest seed its
+    episodes were homed with, so that a simulated robot goes on to scenes the store does not
+    hold yet instead of starting over at its first. None for a new store, or one whose robot
+    takes no seeds (a real arm), where the robot picks its own."""
+    if store is None or store.num_episodes == 0:
+        return None
+    seeds = store.episode_meta()["seed"]
+    return int(seeds.max()) + 1 if (seeds >= 0).any() else None
 
 
 def _source_for(

@@ -290,7 +290,7 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
         action=dict(store.schema.action),
         env={
             k: source[k]
-            for k in ("env", "suite", "split", "image_size", "max_episode_steps")
+            for k in ("env", "suite", "split", "task_seed", "image_size", "max_episode_steps")
             if k in source
         }
         | {"tasks": tasks},

@@ -181,6 +181,7 @@ class SimArm(Robot):
             "driver": type(self).__name__,
             "env": self.env_name,
             "task": self._env.task if self._env is not None else None,
+            "task_seed": self.task_seed,
             "mujoco": mujoco.__version__,
         }
 

@@ -136,7 +136,12 @@ def test_only_success_drops_failures(tmp_path):
         max_episode_steps=3,  # too short for any success
         only_success=True,
     )
-    assert summary.recorded == 0 and summary.discarded == 3
+    # every one of the task's 50 variations was tried once, none twice
+    assert summary.recorded == 0 and summary.discarded == 50
+    assert summary.short == [
+        "pick-place-v3 has 0 of 1 episodes: no unused variation left (all 50 tried, the expert "
+        "failed on 50); give the episodes more steps, or drop --only-success"
+    ]
 
 
 def test_cli_record_and_info(tmp_path):

@@ -298,3 +298,55 @@ def test_deploy_records_a_gamepad_intervention_as_such(checkpoint, tmp_path, mon
     assert report.intervention_steps == marked.sum() and source == "intervention"
     assert (ep["action_requested"][marked, 0] > 0.9).all()  # the operator's +x
     assert not marked[0] and not marked[-1]  # the policy had it before and after
+
+
+def test_a_resumed_teleop_recording_goes_on_to_new_scenes(tmp_path, monkeypatch):
+    """An operator records into a store, stops, and records more into it later: the second
+    session's episodes are homed with the seeds after the first's, so the simulated arm plays
+    scenes the store does not hold yet instead of the same ones again."""
+    from test_teleop import VirtualPad, sdl_library
+
+    from robots.teleop import GamepadTeleop
+
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    import pygame
+
+    pygame.joystick.init()
+    pad = VirtualPad(sdl_library(pygame))
+    out = tmp_path / "teleop.zarr"
+
+    def session(episodes: int) -> list[dict]:
+        arm = SimArm("metaworld/reach-v3")
+        safe = SafeRobot(arm, SafetyConfig.from_dict(SIM_SAFETY))
+        teleop = GamepadTeleop(index=pad.index)
+        with safe:
+            store = DemoStore.open_or_create(out, robot_schema(safe, [], {}))
+            teleop.connect()
+            try:
+                # episodes begin at once and end at the step limit: the operator drives
+                report = Session(safe, hz=400, teleop=teleop, store=store).run(
+                    episodes=episodes, max_steps=3
+                )
+            finally:
+                teleop.disconnect()
+                store.close()
+        return report.episodes
+
+    try:
+        first = session(2)
+        second = session(2)
+    finally:
+        pad.detach()
+        pygame.joystick.quit()
+        pygame.display.quit()
+    assert [e["seed"] for e in first] == [0, 1]
+    assert [e["seed"] for e in second] == [2, 3]
+    with DemoStore.open(out) as store:
+        meta = store.episode_meta()
+        assert meta["seed"].tolist() == [0, 1, 2, 3]
+        assert meta["source"].tolist() == ["teleop"] * 4
+        states = store.array("obs/state")[:]
+        starts = store.episode_starts
+    # every episode began in its own scene (reach's goal is the state's last three numbers)
+    goals = {tuple(states[s, 36:]) for s in starts}
+    assert len(goals) == 4

@@ -75,6 +75,11 @@ META_FIELDS: dict[str, Any] = {
     "length": "int64",
 }
 """Per-episode metadata every store carries (strings as zarr 3 variable-length UTF-8)."""
+LATER_META_FIELDS: dict[str, int] = {"variation": -1, "task_seed": -1}
+"""Per-episode integers added after the first stores were written, with the value an episode
+reads as where its store predates them (-1: not known): the env's variation (which object and
+goal positions) and the benchmark seed its variations were drawn with. Appending to such a
+store adds the field, -1 for the episodes before."""
 SOURCES = ("expert", "teleop", "policy", "intervention")
 CHECKSUM = "crc32"
 """How `meta/checksums` sums an episode's rows of one key (see `rows_checksum`)."""
@@ -391,7 +396,8 @@ class DemoStore:
             meta = self.root["meta"]
             ends = np.asarray(meta["episode_ends"][:], dtype=np.int64)
             data_len = min((self.root["data"][k].shape[0] for k in self.schema.keys), default=0)
-            meta_len = min(meta[name].shape[0] for name in META_FIELDS)
+            self._later_fields = [name for name in LATER_META_FIELDS if name in meta]
+            meta_len = min(meta[name].shape[0] for name in (*META_FIELDS, *self._later_fields))
         n = 0
         previous = 0
         for end in ends:
@@ -433,7 +439,11 @@ class DemoStore:
         n = self.num_episodes
         meta = self.root["meta"]
         with _os_errors(self.path, "reading"):
-            return {name: np.asarray(meta[name][:n]) for name in META_FIELDS}
+            fields = {name: np.asarray(meta[name][:n]) for name in META_FIELDS}
+            for name, unknown in LATER_META_FIELDS.items():
+                present = name in self._later_fields
+                fields[name] = np.asarray(meta[name][:n]) if present else np.full(n, unknown)
+        return fields
 
     @property
     def has_checksums(self) -> bool:
@@ -511,7 +521,7 @@ class DemoStore:
                 if arr.shape[0] != n_steps:
                     arr.resize((n_steps, *arr.shape[1:]))
             meta = self.root["meta"]
-            for name in ("episode_ends", *META_FIELDS):
+            for name in ("episode_ends", *META_FIELDS, *self._later_fields):
                 if meta[name].shape[0] != n_eps:
                     meta[name].resize((n_eps,))
             self._repair_checksums(n_eps)
@@ -539,7 +549,7 @@ class DemoStore:
         """Append one episode atomically and return it.
 
         `steps` maps every schema key to a `(T, *shape)` array; `meta` sets per-episode fields
-        (task, instruction, success, seed, source).
+        (task, instruction, success, seed, source, variation, task_seed).
         """
         self._require_writable()
         keys = self.schema.keys
@@ -568,10 +578,11 @@ class DemoStore:
             if not np.can_cast(v.dtype, np.dtype(spec.dtype), casting="same_kind"):
                 raise StoreError(f"key {k!r}: store has dtype {spec.dtype}, episode has {v.dtype}")
             arrays[k] = v.astype(spec.dtype, copy=False)
-        unknown_meta = set(meta) - set(META_FIELDS)
+        unknown_meta = set(meta) - set(META_FIELDS) - set(LATER_META_FIELDS)
         if unknown_meta:
             raise StoreError(
-                f"unknown episode field(s) {sorted(unknown_meta)}; fields: {list(META_FIELDS)}"
+                f"unknown episode field(s) {sorted(unknown_meta)}; fields: "
+                f"{[*META_FIELDS, *LATER_META_FIELDS]}"
             )
         source = meta.get("source", "expert")
         if source not in SOURCES:
@@ -624,6 +635,13 @@ class DemoStore:
             "length": T,
         }
         m = self.root["meta"]
+        for name, unknown in LATER_META_FIELDS.items():
+            if name not in self._later_fields:  # a store from before the field: add it
+                m.create_array(
+                    name, shape=(index,), chunks=(4096,), dtype="int64", fill_value=unknown
+                )
+                self._later_fields.append(name)
+            values[name] = int(meta.get(name, unknown))
         for name, value in values.items():
             m[name].resize((index + 1,))
             m[name][index] = value
@@ -678,6 +696,7 @@ class DemoStore:
                 str(t): float(meta["success"][meta["task"] == t].mean()) for t in tasks
             },
             "sources": {str(s): int(c) for s, c in zip(sources, source_counts, strict=True)},
+            "variations": variation_coverage(meta, self.schema.source.get("variations", {})),
             "action": self.schema.action,
             "source": self.schema.source,
             "checksums": checksums,
@@ -702,6 +721,8 @@ def _create_layout(group: zarr.Group, schema: StoreSchema) -> None:
     meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64", fill_value=_UNSET)
     for name, dtype in META_FIELDS.items():
         meta.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype)
+    for name in LATER_META_FIELDS:
+        meta.create_array(name, shape=(0,), chunks=(4096,), dtype="int64")
     _create_checksums(meta, list(schema.keys), 0)
     group.attrs["il"] = schema.to_json()
 
@@ -717,6 +738,42 @@ def _create_checksums(meta: zarr.Group, keys: list[str], episodes: int) -> zarr.
         fill_value=_NO_CHECKSUM,
         attributes={"algorithm": CHECKSUM, "keys": keys},
     )
+
+
+def variation_coverage(
+    meta: Mapping[str, np.ndarray], totals: Mapping[str, int]
+) -> dict[str, dict[str, Any]]:
+    """Per task: the variations its episodes played (`stored`, of `total` where the recording
+    said how many there are), the ones no episode plays, and every variation played by more
+    than one episode with those episodes' indices. A duplicate teaches nothing new, and a
+    missing one is a variation an evaluation on the recorded ones tests without a demo.
+    Episodes whose variation is not known (-1) are left out; so are tasks with none known."""
+    report: dict[str, dict[str, Any]] = {}
+    for task in dict.fromkeys(str(t) for t in meta["task"]):
+        mine = np.flatnonzero((meta["task"] == task) & (meta["variation"] >= 0))
+        if not len(mine):
+            continue
+        played: dict[tuple[int, int], list[int]] = {}
+        for i in mine:
+            played.setdefault((int(meta["task_seed"][i]), int(meta["variation"][i])), []).append(
+                int(i)
+            )
+        total = totals.get(task)
+        seeds = sorted({seed for seed, _ in played})
+        report[task] = {
+            "task_seeds": seeds,
+            "stored": len(played),
+            "total": total,
+            "missing": sorted(set(range(total)) - {v for _, v in played})
+            if total is not None and len(seeds) == 1
+            else None,
+            "duplicates": [
+                {"task_seed": seed, "variation": v, "episodes": episodes}
+                for (seed, v), episodes in sorted(played.items())
+                if len(episodes) > 1
+            ],
+        }
+    return report
 
 
 def _remove_dead_staging(final: Path) -> None:
