@@ -294,7 +294,7 @@ class URArm(Robot):
             return
         if self._lost is None and link.alive:
             try:
-                problems = link.call("stop")
+                problems = link.call("stop", within=max(5.0, self.answer_within))
             except DriverError as e:  # it crashed or hung while stopping
                 problems = [str(e)]
             for problem in problems:

@@ -128,10 +128,13 @@ class VendorProcess(VendorHost):
         self._lock = threading.Lock()
         self._ended: str | None = None
         ours, theirs = socket.socketpair()
+        fd = theirs.fileno()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "robots.vendor_process", library, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
+                # -P: the caller's working directory stays off the path (a folder named
+                # `robots` there must not stand in for this package)
+                [sys.executable, "-P", "-m", "robots.vendor_process", library, str(fd)],
+                pass_fds=(fd,),
                 stdin=subprocess.DEVNULL,
                 env=_child_env(),
             )
