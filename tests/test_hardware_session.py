@@ -384,11 +384,11 @@ def deploy_and_fault(
     policy: Path,
     folder: Path,
     on_disconnect: str,
-    fault: Callable[[int], None],
-) -> tuple[str, Path, int]:
+    fault: Callable[[list[int]], None],
+) -> tuple[str, Path, list[int]]:
     """`il deploy` of `policy` on the emulated UR into a store; once an episode is saved,
-    `fault(pid of ur-rtde's process)` some fifty steps into the next one. Returns il's one-line
-    error, the store and that pid."""
+    `fault(the vendor processes il started)` some fifty steps into the next one. Returns il's
+    one-line error, the store and those processes."""
     store = folder / "deploy.zarr"
     proc = subprocess.Popen(
         [
@@ -416,22 +416,24 @@ def deploy_and_fault(
         count = servo_commands(controller)
         wait_for(lambda: servo_commands(controller) > count + 50 or proc.poll() is not None)
         assert proc.poll() is None, proc.communicate()[1]
-        (vendor,) = vendor_processes(proc.pid)
-        fault(vendor)
+        vendors = vendor_processes(proc.pid)
+        fault(vendors)
         _stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    return one_line_error(proc, stderr), store, vendor
+    return one_line_error(proc, stderr), store, vendors
 
 
 def test_a_crash_in_ur_rtde_mid_deploy_is_one_line_and_keeps_the_store(ur_policy, tmp_path):
+    def segfault(vendors: list[int]) -> None:
+        assert len(vendors) == 1, "ur-rtde does not run in a process of its own"
+        os.kill(vendors[0], signal.SIGSEGV)
+
     with URControllerEmulator() as controller:
-        line, store, vendor = deploy_and_fault(
-            controller, ur_policy, tmp_path, "keep", lambda pid: os.kill(pid, signal.SIGSEGV)
-        )
+        line, store, vendors = deploy_and_fault(controller, ur_policy, tmp_path, "keep", segfault)
     assert "SIGSEGV" in line and controller.host in line and "was kept" in line, line
-    assert gone(vendor)
+    assert gone(vendors[0])
     with DemoStore.open(store) as s:  # readable, every saved episode whole
         steps = [len(s.read_episode(i)["action"]) for i in range(s.num_episodes)]
         success = list(s.episode_meta()["success"])
@@ -443,15 +445,16 @@ def test_a_link_dropped_mid_deploy_with_a_corrupt_package_is_one_line(ur_policy,
     """The controller's link fails and its last RTDE package is garbage, on which ur-rtde
     itself dies of SIGSEGV (tests/test_ur.py): il deploy still ends with one line."""
     with URControllerEmulator() as controller:
-        line, store, vendor = deploy_and_fault(
+        line, store, vendors = deploy_and_fault(
             controller,
             ur_policy,
             tmp_path,
             "discard",
-            lambda pid: controller.drop_connections(corrupt=True),
+            lambda vendors: controller.drop_connections(corrupt=True),
         )
     assert controller.host in line and "was discarded" in line, line
-    wait_for(lambda: gone(vendor))  # ur-rtde's process is not left behind
+    assert vendors
+    wait_for(lambda: all(gone(pid) for pid in vendors))  # ur-rtde's process is not left behind
     with DemoStore.open(store) as s:
         steps = [len(s.read_episode(i)["action"]) for i in range(s.num_episodes)]
     assert steps and steps == [EPISODE_STEPS] * len(steps)
