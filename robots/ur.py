@@ -314,6 +314,10 @@ class URArm(Robot):
             setpoint = self._sp_pos.copy()
         else:
             setpoint = np.asarray(state["target_tcp"], dtype=np.float64)[:3]
+        # Stamped when the reading has arrived here, not when ur_rtde's process took it: the
+        # session reads the cameras right after the robot, and a frame that came in during the
+        # round trip must not look newer than the robot state it is stored with.
+        stamp = time.time()
         self._check_link(state)
         if q.shape != (6,) or tcp.shape != (6,):
             raise ConnectionLost(f"UR controller at {self.host} sent no state yet")
@@ -327,7 +331,7 @@ class URArm(Robot):
             "gripper": np.array([self._gripper]),
             "robot_mode": np.array([float(state["robot_mode"])]),
             "safety_mode": np.array([float(state["safety_mode"])]),
-            "timestamp": state["read_at"],
+            "timestamp": stamp,
         }
 
     def command(self, action: np.ndarray) -> np.ndarray:
@@ -636,8 +640,7 @@ class RTDELink:
 
     def state(self) -> dict[str, Any]:
         """The controller's latest state and the clients' health: "control_connected" and
-        "program_running" are None until the control client exists. "read_at" is the wall
-        clock at the read, the observation's timestamp."""
+        "program_running" are None until the control client exists."""
         r, control = self._receive, self._control
         connected = None if control is None else _alive(control)
         running = None
@@ -655,7 +658,6 @@ class RTDELink:
             "robot_mode": int(r.getRobotMode()),
             "safety_mode": int(r.getSafetyMode()),
             "timestamp": float(r.getTimestamp()),
-            "read_at": time.time(),
             "receive_connected": bool(r.isConnected()),
             "control_connected": connected,
             "program_running": running,
