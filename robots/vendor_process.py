@@ -25,6 +25,12 @@ raised in the vendor process travel back and are raised again in the caller (a l
 `RuntimeError` stays a `RuntimeError`), so a driver handles them as it would in-process.
 `InProcessVendor` has the same interface without the process, for a debugger or a comparison.
 
+Another backend adopts it the way `robots.ur` does: what touches the library moves into one
+class with coarse methods, one round trip per loop step (`RTDELink`: `state()`, `servo()`, ...),
+and the driver builds it with `host_vendor(...)` on connect and closes it on disconnect. A
+servo bus's sync read and write, or a camera's newest frame (a VGA frame is about a megabyte
+through the pipe), fit the same shape.
+
 The vendor process is started with `subprocess` (a fresh interpreter that imports only `robots`
 and the library, never the caller's modules; forking a process that already runs zarr's and the
 cameras' threads would not be safe). It ignores SIGINT, so Ctrl-C reaches the session alone,
