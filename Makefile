@@ -69,6 +69,7 @@ bench: setup
 	$(PY) benchmarks/act_latency.py
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/import_time.py
+	$(PY) benchmarks/ur_roundtrip.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

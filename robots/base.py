@@ -27,6 +27,7 @@ __all__ = [
     "Camera",
     "CameraIntrinsics",
     "ConnectionLost",
+    "DriverCrashed",
     "DriverError",
     "Frame",
     "Robot",
@@ -54,6 +55,21 @@ class ConnectionLost(DriverError):
     A driver raises it from `observe` or `command` once it knows the link is gone; the session
     then stops the loop, keeps or discards the episode in flight as the user chose, and reports
     this one line."""
+
+
+class DriverCrashed(ConnectionLost):
+    """The process that ran a device's vendor library died (SIGSEGV, SIGABRT, ...) or stopped
+    answering, and the device's connection went with it (see `robots.vendor_process`).
+
+    A `ConnectionLost`, so a session ends the same way as for a pulled cable. `signal` names
+    the signal that ended the process ("SIGSEGV"), None when it hung or exited by itself."""
+
+    def __init__(self, message: str, signal: str | None = None) -> None:
+        super().__init__(message)
+        self.signal = signal
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self), self.signal)
 
 
 def vendor_library(module: str, extra: str, device: str) -> Any:

@@ -10,6 +10,7 @@ shadow's shaft the other way, as the shared gear does on the real arm.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -58,6 +59,33 @@ def one_line_error(proc: subprocess.CompletedProcess | subprocess.Popen, stderr:
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, stderr
     return lines[0]
+
+
+def vendor_processes(pid: int) -> list[int]:
+    """The processes that process `pid` runs vendor libraries in (`robots.vendor_process`)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # it ended meanwhile
+        if parent == pid and b"robots.vendor_process" in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def gone(pid: int) -> bool:
+    """Whether no process `pid` exists any more (ended and reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 # ---------------------------------------------------------------------------------- servo arms

@@ -2,15 +2,17 @@
 device driven through its vendor's library: a Koch arm and its leader on emulated Dynamixel
 buses (dynamixel-sdk over pseudo-terminals), and a UR arm (ur-rtde against the loopback
 controller emulator) with a RealSense camera playing a recording back through pyrealsense2.
-Also what a user sees when an arm's link is lost mid-episode: one line, a stopped loop and a
-store that keeps every whole episode."""
+Also what a user sees when an arm's link is lost mid-episode, or when the vendor library
+crashes (ur-rtde runs in a process of its own for that): one line, a stopped loop and a store
+that keeps every whole episode."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,21 @@ pytest.importorskip("dynamixel_sdk")
 pytest.importorskip("rtde_control")
 pytest.importorskip("pyrealsense2")
 
-from hardware_helpers import IL, TICKS_PER_DEG, ArmPair, arm_pair, il, one_line_error, wait_for
+from hardware_helpers import (
+    IL,
+    TICKS_PER_DEG,
+    ArmPair,
+    arm_pair,
+    gone,
+    il,
+    one_line_error,
+    vendor_processes,
+    wait_for,
+)
 
 from il.data.store import DemoStore
+from il.rig import make_rig
+from il.sources import ReplaySource
 from robots.emulators.realsense_recording import write_recording
 from robots.emulators.ur_controller import URControllerEmulator
 from robots.servo import HALF_TURN
@@ -319,3 +333,128 @@ def test_ur_with_realsense_records_from_the_keyboard_replays_and_deploys(ur, tmp
         # Whole steps only (how many depends on how many frames came in time under load).
         assert len(kept["action"]) >= 1 and not s.episode_meta()["success"][1]
         assert {len(v) for v in kept.values()} == {len(kept["action"])}
+
+
+# --------------------------------------------------------------------------- a crash in ur-rtde
+EPISODE_STEPS = 400  # 3.2 s at 125 Hz: long enough to be mid-episode when the fault comes
+
+
+def ur_setup(host: str, folder: Path) -> Path:
+    """configs/robots/ur5e.yaml pointed at the emulated controller at `host`."""
+    setup = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "configs/robots/ur5e.yaml").read_text()
+    )
+    setup["robot"] = f"ur:{host}"
+    path = folder / "ur.yaml"
+    path.write_text(yaml.safe_dump(setup))
+    return path
+
+
+def servo_commands(controller: URControllerEmulator) -> int:
+    """Servo commands the controller ran: one per control step."""
+    counts = controller.state()["commands"]
+    return counts.get("SERVOL", 0) + counts.get("SERVOJ", 0)
+
+
+def saved_episodes(store: Path) -> int:
+    try:
+        with DemoStore.open(store) as s:
+            return s.num_episodes
+    except Exception:  # not created yet
+        return 0
+
+
+@pytest.fixture(scope="module")
+def ur_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BC policy for the UR from its joint positions, trained on two episodes of small
+    circles recorded through ur-rtde on the emulator."""
+    folder = tmp_path_factory.mktemp("ur-policy")
+    t = np.arange(60) / 10
+    circle = np.zeros((60, 7))
+    circle[:, 0], circle[:, 1], circle[:, 6] = 0.001 * np.cos(t), 0.001 * np.sin(t), -1.0
+    with URControllerEmulator() as controller:
+        rig = make_rig(str(ur_setup(controller.host, folder)))
+        rig.run(ReplaySource([(circle, None), (circle, None)]), out=str(folder / "ur.zarr"))
+    train_on(folder / "ur.zarr", folder / "run", "obs/joint_pos")
+    return folder / "run"
+
+
+def deploy_and_fault(
+    controller: URControllerEmulator,
+    policy: Path,
+    folder: Path,
+    on_disconnect: str,
+    fault: Callable[[list[int]], None],
+) -> tuple[str, Path, list[int]]:
+    """`il deploy` of `policy` on the emulated UR into a store; once an episode is saved,
+    `fault(the vendor processes il started)` some fifty steps into the next one. Returns il's
+    one-line error, the store and those processes."""
+    store = folder / "deploy.zarr"
+    proc = subprocess.Popen(
+        [
+            *IL,
+            "deploy",
+            "--checkpoint",
+            str(policy),
+            "--robot",
+            str(ur_setup(controller.host, folder)),
+            "--record",
+            str(store),
+            "--max-episode-steps",
+            str(EPISODE_STEPS),
+            "--episodes",
+            "100",
+            "--on-disconnect",
+            on_disconnect,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: saved_episodes(store) >= 1 or proc.poll() is not None)
+        count = servo_commands(controller)
+        wait_for(lambda: servo_commands(controller) > count + 50 or proc.poll() is not None)
+        assert proc.poll() is None, proc.communicate()[1]
+        vendors = vendor_processes(proc.pid)
+        fault(vendors)
+        _stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return one_line_error(proc, stderr), store, vendors
+
+
+def test_a_crash_in_ur_rtde_mid_deploy_is_one_line_and_keeps_the_store(ur_policy, tmp_path):
+    def segfault(vendors: list[int]) -> None:
+        assert len(vendors) == 1, "ur-rtde does not run in a process of its own"
+        os.kill(vendors[0], signal.SIGSEGV)
+
+    with URControllerEmulator() as controller:
+        line, store, vendors = deploy_and_fault(controller, ur_policy, tmp_path, "keep", segfault)
+    assert "SIGSEGV" in line and controller.host in line and "was kept" in line, line
+    assert gone(vendors[0])
+    with DemoStore.open(store) as s:  # readable, every saved episode whole
+        steps = [len(s.read_episode(i)["action"]) for i in range(s.num_episodes)]
+        success = list(s.episode_meta()["success"])
+    assert len(steps) >= 2 and steps[:-1] == [EPISODE_STEPS] * (len(steps) - 1)
+    assert 0 < steps[-1] < EPISODE_STEPS and not success[-1]  # the steps before the crash
+
+
+def test_a_link_dropped_mid_deploy_with_a_corrupt_package_is_one_line(ur_policy, tmp_path):
+    """The controller's link fails and its last RTDE package is garbage, on which ur-rtde
+    itself dies of SIGSEGV (tests/test_ur.py): il deploy still ends with one line."""
+    with URControllerEmulator() as controller:
+        line, store, vendors = deploy_and_fault(
+            controller,
+            ur_policy,
+            tmp_path,
+            "discard",
+            lambda vendors: controller.drop_connections(corrupt=True),
+        )
+    assert controller.host in line and "was discarded" in line, line
+    assert vendors
+    wait_for(lambda: all(gone(pid) for pid in vendors))  # ur-rtde's process is not left behind
+    with DemoStore.open(store) as s:
+        steps = [len(s.read_episode(i)["action"]) for i in range(s.num_episodes)]
+    assert steps and steps == [EPISODE_STEPS] * len(steps)

@@ -8,6 +8,8 @@ bounded poll with a deadline; no assertion depends on how long something took.
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robots.base import ConnectionLost, DriverError, vendor_library
+from robots.base import ConnectionLost, DriverCrashed, DriverError, vendor_library
 from robots.emulators.ur_controller import (
     URControllerEmulator,
     forward_kinematics,
@@ -437,3 +439,98 @@ def test_commands_at_1khz_move_the_arm_no_faster_than_its_speed_limits(
     assert moved >= 0.9 * full, f"moved {moved:.4f} m of {full:.4f} m"
     rotated, full = turned(tcp[0], tcp[-1:])[0], commands * angular * period
     assert rotated >= 0.9 * full, f"turned {rotated:.4f} rad of {full:.4f} rad"
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@needs_ur_rtde
+def test_ur_rtde_runs_in_a_process_of_its_own(emulator: URControllerEmulator) -> None:
+    arm = connected(emulator.host)
+    pid = arm.vendor_pid
+    try:
+        assert pid is not None and pid != os.getpid()
+        # Ctrl-C in a terminal reaches the whole process group: ur_rtde's process leaves it to
+        # the session, which can then still hold and stop the arm.
+        os.kill(pid, signal.SIGINT)
+        arm.command(np.array([0.001, 0, 0, 0, 0, 0, -1.0]))
+        assert arm.observe()["joint_pos"].shape == (6,)
+    finally:
+        arm.disconnect()
+    assert gone(pid) and arm.vendor_pid is None  # it never outlives the connection
+
+
+@needs_ur_rtde
+def test_a_crash_in_ur_rtde_is_a_lost_connection_naming_the_signal(
+    fresh_emulator: URControllerEmulator,
+) -> None:
+    arm = connected(fresh_emulator.host)
+    pid = arm.vendor_pid
+    try:
+        arm.command(np.array([0.001, 0, 0, 0, 0, 0, -1.0]))
+        os.kill(pid, signal.SIGSEGV)  # what ur_rtde did on a dropped connection
+        with pytest.raises(DriverCrashed) as info:
+            arm.observe()
+        message = str(info.value)
+        assert "\n" not in message and fresh_emulator.host in message and "SIGSEGV" in message
+        assert isinstance(info.value, ConnectionLost) and info.value.signal == "SIGSEGV"
+        assert not arm.is_connected
+        with pytest.raises(DriverCrashed):
+            arm.command(np.zeros(7))
+    finally:
+        arm.disconnect()  # quiet: nothing left to stop
+        arm.disconnect()
+    assert gone(pid)
+    arm.connect()  # reconnecting starts ur_rtde afresh
+    try:
+        assert arm.vendor_pid != pid
+        arm.command(np.array([0.001, 0, 0, 0, 0, 0, -1.0]))
+    finally:
+        arm.disconnect()
+
+
+@needs_ur_rtde
+def test_a_hung_ur_rtde_is_ended_and_reported(fresh_emulator: URControllerEmulator) -> None:
+    arm = connected(fresh_emulator.host, answer_within=0.5)
+    pid = arm.vendor_pid
+    try:
+        os.kill(pid, signal.SIGSTOP)  # alive but answering nothing
+        with pytest.raises(DriverCrashed) as info:
+            arm.command(np.zeros(7))
+        message = str(info.value)
+        assert "\n" not in message and "did not answer" in message
+        assert fresh_emulator.host in message and gone(pid)
+    finally:
+        arm.disconnect()
+
+
+@needs_ur_rtde
+def test_a_corrupt_package_as_the_link_drops_crashes_ur_rtde_not_the_session(
+    fresh_emulator: URControllerEmulator,
+) -> None:
+    """ur_rtde 1.6 reads past an RTDE data package cut off after its header and dies of
+    SIGSEGV; that ends its own process, and the driver reports the lost link in one line."""
+    arm = connected(fresh_emulator.host)
+    pid = arm.vendor_pid
+    try:
+        arm.command(np.array([0.001, 0, 0, 0, 0, 0, -1.0]))
+        fresh_emulator.drop_connections(corrupt=True)
+        raised = None
+        for _ in range(500):  # bounded: each try returns at once or raises
+            try:
+                arm.observe()
+                arm.command(np.zeros(7))
+            except ConnectionLost as e:
+                raised = e
+                break
+            time.sleep(0.01)
+        assert raised is not None, "the dropped link went unnoticed"
+        assert "\n" not in str(raised) and fresh_emulator.host in str(raised)
+    finally:
+        arm.disconnect()
+    assert gone(pid)

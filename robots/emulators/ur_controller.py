@@ -471,6 +471,7 @@ class Controller:
         self.speed_slider = 1.0
         self.clients: list[_Client] = []
         self.sockets: list[socket.socket] = []
+        self.connections: set[socket.socket] = set()  # every open client connection, any port
         self.threads: list[threading.Thread] = []
 
     # --- servers ---------------------------------------------------------------------------------
@@ -516,11 +517,17 @@ class Controller:
             self._spawn(self._guard, handler, conn)
 
     def _guard(self, handler: Callable[[socket.socket], None], conn: socket.socket) -> None:
+        with self.lock:
+            self.connections.add(conn)
         try:
             handler(conn)
         except Exception:  # one misbehaving client must not take the controller down
+            if self.stop.is_set() or conn.fileno() < 0:
+                return  # its connection was dropped under it on purpose
             log.exception("ur emulator: connection handler failed")
         finally:
+            with self.lock:
+                self.connections.discard(conn)
             with contextlib.suppress(OSError):
                 conn.close()
 
@@ -1091,6 +1098,30 @@ class Controller:
             if self.safety_mode == ROBOT_EMERGENCY_STOP:
                 self.safety_mode = NORMAL
 
+    def drop_connections(self, corrupt: bool = False) -> None:
+        """The network fails mid-session: the controller stops listening and resets every open
+        connection (TCP RST, no goodbye), as when a switch dies; unlike `kill`, the emulator
+        lives on, so its state can still be read. With `corrupt`, every RTDE client first gets
+        a data package cut off after its 3-byte header (no recipe id, no values), the kind of
+        garbage a failing link delivers last; ur_rtde 1.6's receive thread reads past it and
+        crashes the process it runs in with SIGSEGV."""
+        for srv in self.sockets:
+            with contextlib.suppress(OSError):
+                srv.close()
+        with self.lock:
+            clients = {c.sock: c for c in self.clients}
+            connections = list(self.connections)
+        for conn in connections:
+            client = clients.get(conn)
+            lock = client.send_lock if client is not None else contextlib.nullcontext()
+            with lock, contextlib.suppress(OSError):
+                if corrupt and client is not None:
+                    conn.sendall(struct.pack(">HB", 3, RTDE_DATA_PACKAGE))
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+            if client is not None:
+                client.alive = False
+
     def snapshot(self) -> dict[str, Any]:
         """The controller's state, for tests."""
         with self.lock:
@@ -1141,6 +1172,7 @@ def serve(host: str, *, control: bool = False, **options: Any) -> None:
         "state": controller.snapshot,
         "set_joints": controller.set_joints,
         "dashboard": controller.dashboard,
+        "drop_connections": controller.drop_connections,
     }
     _reply({"ok": host})
     try:
@@ -1283,6 +1315,11 @@ class URControllerEmulator:
     def dashboard(self, command: str) -> str:
         """What the dashboard server answers to `command` (without opening a connection)."""
         return self._call("dashboard", command)
+
+    def drop_connections(self, corrupt: bool = False) -> None:
+        """The network fails: every connection is reset and no new one is accepted; with
+        `corrupt`, a truncated RTDE package comes first (see `Controller.drop_connections`)."""
+        self._call("drop_connections", corrupt)
 
     @property
     def alive(self) -> bool:
