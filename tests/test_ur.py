@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hardware_helpers import gone
 
 from robots.base import ConnectionLost, DriverCrashed, DriverError, vendor_library
 from robots.emulators.ur_controller import (
@@ -439,14 +440,6 @@ def test_commands_at_1khz_move_the_arm_no_faster_than_its_speed_limits(
     assert moved >= 0.9 * full, f"moved {moved:.4f} m of {full:.4f} m"
     rotated, full = turned(tcp[0], tcp[-1:])[0], commands * angular * period
     assert rotated >= 0.9 * full, f"turned {rotated:.4f} rad of {full:.4f} rad"
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @needs_ur_rtde

@@ -9,17 +9,10 @@ import os
 import signal
 
 import pytest
+from hardware_helpers import gone
 
 from robots.base import ConnectionLost, DriverCrashed, DriverError
 from robots.vendor_process import InProcessVendor, VendorProcess, host_vendor
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.fixture
