@@ -340,8 +340,13 @@ class RealSenseCamera(ThreadedCamera):
 
     def _check_alive(self, waited: float) -> None:
         if self._playback is not None:
-            if self._playback.current_status() == self._rs.playback_status.stopped:
+            stopped = self._playback.current_status() == self._rs.playback_status.stopped
+            # A looping playback reports `stopped` for an instant as it rewinds; a poll that
+            # times out then (a loaded machine) has not seen the end of anything.
+            if stopped and not self.loop:
                 raise DriverError(f"recording {self.source} ended after {self._count} frames")
+            if time.monotonic() - waited > STALL_SECONDS:
+                raise self._lost(f"no frame for {STALL_SECONDS:.0f} s")
             return
         if not self._device.is_connected():
             raise self._lost("the device is gone")

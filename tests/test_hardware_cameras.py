@@ -133,6 +133,29 @@ def test_realsense_real_time_playback_keeps_order(recording):
     assert [f.timestamp for f in frames] == sorted(f.timestamp for f in frames)
 
 
+def test_realsense_looping_playback_survives_polls_that_time_out_at_the_rewind(
+    tmp_path, monkeypatch
+):
+    """A loaded machine lets a frame poll time out now and then; when that happens as a looping
+    recording rewinds (librealsense reports `stopped` for that instant) the camera goes on.
+    Polls of 1 ms time out between nearly every pair of frames, so many of them meet a rewind."""
+    import robots.realsense as backend
+
+    monkeypatch.setattr(backend, "POLL_MS", 1)
+    short = write_recording(tmp_path / "short.db3", frames=3, width=W, height=H, fps=FPS)
+    camera = RealSenseCamera(str(short), loop=True)
+    seen = 0
+    with camera:
+        last = camera.wait_first(timeout=DEADLINE).timestamp
+        deadline = time.monotonic() + DEADLINE
+        while seen < 60:  # twenty rewinds
+            assert time.monotonic() < deadline, f"only {seen} frames in {DEADLINE} s"
+            frame = camera.read_latest(max_age=1.0)  # raises once the capture has failed
+            if frame.timestamp > last:
+                seen, last = seen + 1, frame.timestamp
+            time.sleep(0.002)
+
+
 def test_realsense_square_size_keeps_intrinsics_consistent(recording):
     size = 32
     native = RealSenseCamera(str(recording), real_time=False)
