@@ -345,10 +345,7 @@ class RealSenseCamera(ThreadedCamera):
             # times out then (a loaded machine) has not seen the end of anything.
             if stopped and not self.loop:
                 raise DriverError(f"recording {self.source} ended after {self._count} frames")
-            if time.monotonic() - waited > STALL_SECONDS:
-                raise self._lost(f"no frame for {STALL_SECONDS:.0f} s")
-            return
-        if not self._device.is_connected():
+        elif not self._device.is_connected():
             raise self._lost("the device is gone")
         if time.monotonic() - waited > STALL_SECONDS:
             raise self._lost(f"no frame for {STALL_SECONDS:.0f} s")
