@@ -116,11 +116,10 @@ def robot_labelling(
         abs_threshold = floor_for(top)
     gripper: dict[str, Any] = {}
     if spec is not None and not spec.discrete and "gripper" in spec.names:
-        gripper = {
-            "gripper": "action",
-            "gripper_column": spec.names.index("gripper"),
-            "gripper_signal": "command",
-        }
+        column = spec.names.index("gripper")
+        assert spec.low is not None and spec.high is not None
+        if spec.low[column] >= -1.0 and spec.high[column] <= 1.0:  # a command, not a width
+            gripper = {"gripper": "action", "gripper_column": column, "gripper_signal": "command"}
     return MotionLabelling(**hand, **gripper, window=window_for(fps), abs_threshold=abs_threshold)
 
 
