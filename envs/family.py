@@ -23,6 +23,7 @@ import numpy as np
 if TYPE_CHECKING:
     import gymnasium as gym
 
+    from envs.language_motion import MotionLabelling
     from envs.suite import TaskSuite
 
 __all__ = [
@@ -167,3 +168,7 @@ class EnvFamily:
     arguments)` → a vector env; None: every task of `suite(name, split, task_seed)`."""
     video_options: Mapping[str, Any] = field(default_factory=dict)
     """Env keyword arguments for filming an episode, besides `render_mode` and `render_size`."""
+    motion_labels: MotionLabelling | None = None
+    """How the family's expert recordings are labelled with language motions (the store keys
+    they are read from and the thresholds), so a store recorded before it held labels can be
+    labelled afterwards; None: a family whose recordings have no hand to label."""

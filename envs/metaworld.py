@@ -52,7 +52,7 @@ from envs.family import (
     UnknownNameError,
     unknown,
 )
-from envs.language_motion import VOCABULARY, label_episode
+from envs.language_motion import VOCABULARY, MotionLabelling, label_steps
 from envs.rendering import Renderer, RenderOptions
 from envs.suite import TaskSuite
 
@@ -61,6 +61,7 @@ __all__ = [
     "DIFFICULTY",
     "FAMILY",
     "INSTRUCTIONS",
+    "MOTION_LABELLING",
     "TASKS",
     "MetaWorldEnv",
     "Suite",
@@ -689,6 +690,13 @@ _PROCEDURE_KEYS = {
 """The expert's procedure as stored per step (`envs.experts.FamilyExpert`)."""
 
 
+MOTION_LABELLING = MotionLabelling(
+    hand="procedure/hand", gripper="obs/state", gripper_column=3, gripper_signal="opening"
+)
+"""Language motions of an expert recording: the hand the expert parsed and the gripper opening
+(state[3]), over the next 4 steps, at Meta-World's scale (`envs.language_motion`)."""
+
+
 def _recording(suite: Suite, spec: RecordSpec) -> Recording:
     """Every step: the observation (always with `state`, which the expert and the
     language-motion labels read), the action as executed, the dense reward, success, the
@@ -750,13 +758,14 @@ def _recording(suite: Suite, spec: RecordSpec) -> Recording:
         "phases": {t.name: list(ScriptedExpert(t.name).phases) for t in suite.tasks},
         "sim_state_sizes": sim_state_sizes,
         "language_motion_vocabulary": list(VOCABULARY),
+        "language_motion_labels": MOTION_LABELLING.to_json(),
     }
     return Recording(
         obs=obs,
         keys=keys,
         source=source,
         step_labels=functools.partial(_sim_state, size=state_size),
-        episode_labels=_language_motion,
+        episode_labels=functools.partial(_language_motion, MOTION_LABELLING),
     )
 
 
@@ -769,11 +778,9 @@ def _sim_state(env: MetaWorldEnv, size: int) -> dict[str, np.ndarray]:
     return {"sim_state": out}
 
 
-def _language_motion(steps: Any) -> dict[str, np.ndarray]:
+def _language_motion(labelling: MotionLabelling, steps: Any) -> dict[str, np.ndarray]:
     """Each step's language-motion label, from the hand's motion over the next few steps."""
-    labels = label_episode(steps["procedure/hand"], steps["obs/state"][:, 3])
-    index = {phrase: i for i, phrase in enumerate(VOCABULARY)}
-    return {"language_motion": np.array([index[p] for p in labels], dtype=np.int16)}
+    return {"language_motion": label_steps(steps, labelling)}
 
 
 def _dist_version(name: str) -> str:
@@ -820,5 +827,6 @@ FAMILY = EnvFamily(
     suite_names=tuple(f"metaworld/{s}" for s in SUITES),
     make_vec=_make_vec,
     video_options={"render_options": RenderOptions(antialias=True)},
+    motion_labels=MOTION_LABELLING,
 )
 """Meta-World as an env family (`envs.family.EnvFamily`)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -702,14 +703,17 @@ def replay(
     "and exits with status 1 if there are any.",
 )
 def info(path: str, as_json: bool, verify: bool) -> None:
-    """Describe a DemoStore: episodes, steps, keys, tasks, success, sources, checksums."""
+    """Describe a DemoStore: episodes, steps, keys, tasks, success, sources, language-motion
+    labels, checksums."""
     import json
 
+    from il.data.motion_labels import label_statistics
     from il.data.store import DemoStore, StoreError
 
     try:
         store = DemoStore.open(path)
         report = store.info()
+        report["language_motion"] = label_statistics(store)
         spec = store.schema.action_spec
         damage = _verify_store(store) if verify else None
     except StoreError as e:
@@ -761,6 +765,8 @@ def info(path: str, as_json: bool, verify: bool) -> None:
     if coverage:
         console.print(_duplicates_line(coverage), markup=False, highlight=False, soft_wrap=True)
     console.print(f"action: {spec.describe() if spec else 'no convention stated'}", markup=False)
+    for line in _label_lines(report["language_motion"]):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     sums = report["checksums"]
     if sums is None:
         summed = (
@@ -769,13 +775,139 @@ def info(path: str, as_json: bool, verify: bool) -> None:
     elif sums["episodes"] == report["episodes"]:
         summed = f"{sums['algorithm']} of every key, every episode"
     else:
+        why = (
+            f"the others lack the checksum of {report['rewriting']}, whose rewrite was interrupted"
+            if report["rewriting"]
+            else "the others were recorded before checksums"
+        )
         summed = (
             f"{sums['algorithm']} of every key for {sums['episodes']} of {report['episodes']} "
-            "episodes (the others were recorded before checksums)"
+            f"episodes ({why})"
         )
     console.print(f"checksums: {summed}", markup=False)
     if damage is not None:
         _print_damage(store, damage, sums is not None)
+
+
+def _finite(low: float, below: float | None = None) -> Callable[..., float | None]:
+    """A click callback: a number that is finite, at least `low` and below `below` (NaN
+    passes click's own ranges)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+        if value is None:
+            return None
+        if not math.isfinite(value) or value < low or (below is not None and value >= below):
+            where = f"in [{low:g}, {below:g})" if below is not None else f"at least {low:g}"
+            raise click.BadParameter(f"must be a finite number {where}, got {value}")
+        return value
+
+    return check
+
+
+@app.command("relabel")
+@click.argument("path", type=click.Path(path_type=str))
+@click.option(
+    "--rel-threshold",
+    type=float,
+    default=None,
+    callback=_finite(0.0, 1.0),
+    help="Name an axis when its motion exceeds this fraction of the largest axis's, in [0, 1) "
+    "[default: the store's, else 0.3].",
+)
+@click.option(
+    "--abs-threshold",
+    type=float,
+    default=None,
+    callback=_finite(0.0),
+    help="... and exceeds this many metres per step [default: the store's, else a tenth of the "
+    "hand's top speed per step: 0.001 for Meta-World].",
+)
+@click.option(
+    "--gripper-threshold",
+    type=float,
+    default=None,
+    callback=_finite(0.0),
+    help="Change of the gripper opening (0 closed .. 1 open) per step that counts as closing "
+    "or opening [default: the store's, else 0.025].",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Steps a label looks ahead [default: the store's, else 50 ms of steps: 4 at 80 Hz].",
+)
+def relabel(
+    path: str,
+    rel_threshold: float | None,
+    abs_threshold: float | None,
+    gripper_threshold: float | None,
+    window: int | None,
+) -> None:
+    """Label every step of a DemoStore with language motions again, from its recorded hand
+    motion: with other thresholds, or a store recorded without labels. The thresholds used are
+    recorded in the store. Safe to interrupt: the store stays readable, and running the same
+    command again finishes it."""
+    from il.data.motion_labels import label_statistics, labelling_of, relabel
+    from il.data.store import DemoStore, StoreError
+
+    thresholds = {
+        "rel_threshold": rel_threshold,
+        "abs_threshold": abs_threshold,
+        "gripper_threshold": gripper_threshold,
+        "window": window,
+    }
+    try:
+        with DemoStore.open(path) as store:  # what cannot be labelled is said before writing
+            total = store.num_episodes
+            labelling = labelling_of(store.schema, **thresholds)
+        if isinstance(labelling, str):
+            raise UserError(f"{path} cannot be labelled with language motions: {labelling}")
+        with _progress("relabel") as bar:
+            job = bar.add_task("episodes", total=total, status="")
+            relabel(path, **thresholds, on_episode=lambda: bar.advance(job))
+        with DemoStore.open(path) as store:
+            labels = label_statistics(store)
+    except (StoreError, ValueError) as e:
+        raise UserError(str(e)) from None
+    console.print(f"relabelled {path}", markup=False, highlight=False, soft_wrap=True)
+    for line in _label_lines(labels):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _label_lines(labels: dict[str, Any]) -> list[str]:
+    """`il info`'s lines on the language-motion labels: how many steps and episodes, the most
+    frequent phrases, how many phrases of the vocabulary, and how they were made; or why the
+    store has none."""
+    interrupted = (
+        [
+            "  an `il relabel` of this store was interrupted: its labels are partly old, partly "
+            "new, or not there yet; run it again to finish"
+        ]
+        if labels["interrupted"]
+        else []
+    )
+    if "unlabelled" in labels:
+        return [f"language motion: none ({labels['unlabelled']})", *interrupted]
+    steps, episodes = labels["steps"], labels["episodes"]
+    lines = [
+        f"language motion: {labels['labelled_steps']} of {steps} steps labelled "
+        f"({labels['labelled_episodes']} of {episodes} episodes), {labels['phrases_used']} of "
+        f"{labels['vocabulary_size']} phrases used"
+    ]
+    if labels["most_frequent"]:
+        lines.append(
+            "  most frequent: "
+            + ", ".join(f"{p['phrase']} {100 * p['share']:.1f}%" for p in labels["most_frequent"])
+        )
+    made = labels["labelling"]
+    if made and "description" in made:
+        lines.append(f"  labelled from {made['description']}")
+    else:
+        lines.append(
+            "  how they were labelled is not recorded (an older store); "
+            "`il relabel` labels it again and records it"
+        )
+    return [*lines, *interrupted]
 
 
 def _verify_store(store: Any) -> list[Any]:

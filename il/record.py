@@ -34,6 +34,7 @@ import numpy as np
 import envs
 from envs.family import Recording, RecordSpec
 from envs.suite import TaskSuite
+from il.data.motion_labels import episode_labeller
 from il.data.store import DemoStore, KeySpec, StoreError, StoreSchema
 
 __all__ = [
@@ -242,6 +243,8 @@ def record_expert(
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(DemoStore.open_or_create(out, _schema(suite, plan)))
         _check_task_seed(store, suite.task_seed, out)
+        # labelled as the store says: a store labelled again since keeps one labelling
+        label = episode_labeller(store.schema)
         meta = store.episode_meta()
         stored: dict[str, set[int]] = {t: set() for t in suite.task_names}
         for task, s in zip(meta["task"], meta["seed"], strict=True):
@@ -276,7 +279,7 @@ def record_expert(
                     discarded += 1
                     queues[name].failed += 1
                 else:
-                    store.add_episode(arrays, **episode_meta)
+                    store.add_episode(label(arrays) if label else arrays, **episode_meta)
                     queues[name].kept += 1
                     recorded += 1
                 if on_episode is not None:

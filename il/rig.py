@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from il.data.motion_labels import as_stored
 from il.data.store import DemoStore, StoreError
 from il.session import Session, SessionReport, Status, robot_schema
 from il.sources import ActingPolicy, ActionSource
@@ -113,7 +114,7 @@ class Rig:
                 if out is not None:
                     sizes = {c.name: (c.intrinsics.width, c.intrinsics.height) for c in cameras}
                     schema = robot_schema(self.robot, cameras, sizes, self.hz)
-                    store = DemoStore.open_or_create(out, schema)
+                    store = DemoStore.open_or_create(out, as_stored(out, schema))
                 session = Session(
                     self.robot,
                     hz=self.hz,

@@ -16,7 +16,8 @@ has. `il/rig.py` builds a session from the names a user gives the CLI.
 The loop owns nothing slow: frames come from camera threads, episodes go to the DemoStore
 through a background writer, so saving an episode never stretches a control period, and a
 `kill -9` loses at most the episode in flight (every saved one is committed atomically by
-`DemoStore.add_episode`).
+`DemoStore.add_episode`). The writer also labels each episode with language motions, at the
+robot's scale, where the robot records its hand (`il.data.motion_labels`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from il.data.motion_labels import episode_labeller, robot_labelling, with_labels
 from il.data.store import DemoStore, KeySpec, StoreSchema
 from il.sources import ActingPolicy, ActionSource, InterventionSource, PolicySource, TeleopSource
 from robots.base import (
@@ -54,7 +56,9 @@ def robot_schema(
     fps: float = 0.0,
 ) -> StoreSchema:
     """What a robot session stores per step: every array the robot observes (under `obs/`),
-    every camera's colour image, the action sent and the one asked for, and the timing."""
+    every camera's colour image, the action sent and the one asked for, the timing, and the
+    language-motion label where the robot's hand can be labelled (the attributes say how, or
+    why not: `il.data.motion_labels.robot_labelling`, at `fps`, else the robot's own rate)."""
     keys: dict[str, KeySpec] = {}
     for name, shape in robot.observation_shapes.items():
         keys[f"obs/{name}"] = KeySpec(tuple(shape), "float32", f"robot observation {name}")
@@ -76,12 +80,9 @@ def robot_schema(
     keys["overrun"] = KeySpec((), "bool", "the step finished after its deadline")
     keys["intervention"] = KeySpec((), "bool", "the operator, not the policy, chose the action")
     keys["safety_limited"] = KeySpec((), "bool", "the safety filter changed the action")
-    return StoreSchema(
-        keys=keys,
-        fps=fps,
-        action=spec.to_json(),
-        source=dict(robot.identity()),
-    )
+    schema = StoreSchema(keys=keys, fps=fps, action=spec.to_json(), source=dict(robot.identity()))
+    labelling = robot_labelling(keys, schema.action, schema.source, fps or robot.fps)
+    return with_labels(schema, labelling)
 
 
 @dataclass
@@ -224,11 +225,7 @@ class Session:
         self.on_status = on_status or (lambda status: None)
         self.on_disconnect = on_disconnect
         self.report = SessionReport()
-        self._writer = (
-            BackgroundWriter(lambda arrays, **meta: store.add_episode(arrays, **meta))
-            if store is not None
-            else None
-        )
+        self._writer = BackgroundWriter(_saver(store)) if store is not None else None
         self._buffer = EpisodeBuffer()
         self._resume_seed = _seed_after(store)
         self._episode: _Episode | None = None
@@ -481,6 +478,17 @@ class Session:
             self._writer.close()
             self.report.save_seconds = list(self._writer.save_seconds)
             self.report.submit_seconds = list(self._writer.submit_seconds)
+
+
+def _saver(store: DemoStore) -> Callable[..., Any]:
+    """What the background writer does with a finished episode: label it as the store says
+    (off the control loop) and commit it."""
+    label = episode_labeller(store.schema)
+
+    def save(arrays: dict[str, np.ndarray], **meta: Any) -> Any:
+        return store.add_episode(label(arrays) if label is not None else arrays, **meta)
+
+    return save
 
 
 def _seed_after(store: DemoStore | None) -> int | None:

@@ -23,6 +23,10 @@ copy cut short, a stray write), and Blosc decodes most such changes without comp
 commit point, `meta/checksums` gets one CRC-32 per key of the episode's rows as the recorder
 handed them, so readers (`il.data.integrity`) can tell a damaged episode from a recorded one.
 
+Why a key can be rewritten: labels derived from the recorded data (language motions) are
+recomputed when their thresholds change. `rewrite_key` replaces one key's rows in an order that
+keeps the store readable and its checksums true at every moment (see there).
+
 One writer at a time: a local store takes an exclusive `flock` on `.writer.lock` (released by the
 kernel when the process dies, so `kill -9` never leaves a stale lock). Readers need no lock.
 """
@@ -279,6 +283,8 @@ class DemoStore:
                 f"{SCHEMA_VERSION}; use the il release that wrote it, or re-record"
             )
         self.schema = StoreSchema.from_json(info)
+        rewriting = info.get("rewriting")
+        self._rewriting: str | None = str(rewriting) if rewriting else None
         self._lock_file: Any = None
         self._checksum_keys: list[str] | None = None
         try:
@@ -461,12 +467,10 @@ class DemoStore:
         with _os_errors(self.path, "reading"):
             sums = self.root["meta"]["checksums"]
             have = min(sums.shape[0], n)
-            if have:
-                table[:have] = sums[:have]
+            if have:  # a column past the named ones is one a rewrite has not named yet
+                table[:have] = sums[:have, : len(self._checksum_keys)]
         return {
-            key: table[:, j]
-            for j, key in enumerate(self._checksum_keys)
-            if key in self.schema.keys
+            key: table[:, j] for j, key in enumerate(self._checksum_keys) if key in self.schema.keys
         }
 
     def episode(self, index: int) -> Episode:
@@ -648,12 +652,115 @@ class DemoStore:
         if self._checksum_keys is not None:  # a store opened with mode="a" always has them
             checksums = m["checksums"]
             checksums.resize((index + 1, checksums.shape[1]))
-            checksums[index] = np.asarray(sums, dtype=np.int64)
+            row = np.full(checksums.shape[1], _NO_CHECKSUM, dtype=np.int64)
+            row[: len(sums)] = sums  # a column no key names yet (`rewrite_key`) gets none
+            checksums[index] = row
         # 3. the commit point
         ends = m["episode_ends"]
         ends.resize((index + 1,))
         ends[index] = end
         self._episode_ends = np.append(self._episode_ends, np.int64(end))
+
+    # --- rewriting one key ------------------------------------------------------------------------
+    @property
+    def rewriting(self) -> str | None:
+        """The key a `rewrite_key` was rewriting when it was interrupted (None: none was): its
+        rows are partly old and partly new and have no checksums until it is run again."""
+        return self._rewriting
+
+    def rewrite_key(
+        self, key: str, spec: KeySpec, rows: np.ndarray, source: Mapping[str, Any]
+    ) -> None:
+        """Replace every committed row of the per-step key `key` by `rows` (`(num_steps,
+        *spec.shape)`), adding the key where the store lacks it, and the store's `source`
+        attributes by `source`: for data derived from the recording, such as labels computed
+        again with other thresholds. Rows are held in memory, so this is for small keys.
+
+        The store stays readable, and `il info --verify` clean, whenever this stops: first the
+        attributes say that `key` is being rewritten (`rewriting`); then the key's checksums
+        are marked missing, its rows are written (each chunk file is replaced whole), its new
+        checksums are written, and last the attributes take the key's description and `source`
+        and drop the mark. A key the store lacks is written under its name and a checksum column
+        no key names yet, and joins the schema only with those last attributes, so readers see
+        it complete or not at all. Run again after an interruption, it finishes the job.
+        """
+        self._require_writable()
+        if not key or key.startswith("/") or ".." in key:
+            raise StoreError(f"invalid key name {key!r}")
+        rows = np.asarray(rows)
+        n_steps, n_eps = self.num_steps, self.num_episodes
+        if rows.shape != (n_steps, *spec.shape):
+            raise StoreError(
+                f"key {key!r}: {n_steps} rows of shape {tuple(spec.shape)} needed, got {rows.shape}"
+            )
+        if not np.can_cast(rows.dtype, np.dtype(spec.dtype), casting="same_kind"):
+            raise StoreError(f"key {key!r}: rows of {rows.dtype} cannot be stored as {spec.dtype}")
+        rows = rows.astype(spec.dtype, copy=False)
+        old = self.schema.keys.get(key)
+        if old is not None and (
+            tuple(old.shape) != tuple(spec.shape) or np.dtype(old.dtype) != np.dtype(spec.dtype)
+        ):
+            raise StoreError(
+                f"key {key!r} of {self.path} has shape {tuple(old.shape)} {old.dtype}; a rewrite "
+                f"keeps them, got {tuple(spec.shape)} {spec.dtype}"
+            )
+        starts, ends = self.episode_starts, self._episode_ends
+        sums = np.array(
+            [rows_checksum(rows[a:b]) for a, b in zip(starts, ends, strict=True)], dtype=np.int64
+        )
+        doing = (
+            f"rewriting {key!r} (the store stays readable; run the same command again to finish it)"
+        )
+        with _os_errors(self.path, doing):
+            self._update_attrs(rewriting=key)
+            self._rewriting = key
+            data, meta = self.root["data"], self.root["meta"]
+            if old is None:
+                if key in data:  # what an interrupted rewrite left, never part of the schema
+                    del data[key]
+                array = _create_key_array(data, key, spec, n_steps)
+            else:
+                array = data[key]
+            checksums = meta["checksums"] if self._checksum_keys is not None else None
+            column = (
+                self._checksum_keys.index(key)
+                if self._checksum_keys is not None and key in self._checksum_keys
+                else None
+            )
+            if checksums is not None and column is not None and n_eps:
+                checksums[:n_eps, column] = _NO_CHECKSUM
+            if n_steps:
+                array[:n_steps] = rows
+            if checksums is not None and self._checksum_keys is not None:
+                named = list(self._checksum_keys)
+                if column is None:
+                    column = len(named)
+                    if checksums.shape[1] <= column:
+                        checksums.resize((checksums.shape[0], column + 1))
+                if n_eps:
+                    checksums[:n_eps, column] = sums
+                if key not in named:
+                    checksums.update_attributes({"keys": [*named, key]})
+                    self._checksum_keys = [*named, key]
+            keys = {**self.schema.keys, key: spec}
+            self._update_attrs(
+                keys={k: v.to_json() for k, v in keys.items()},
+                source=dict(source),
+                rewriting=None,
+            )
+            self._rewriting = None
+            self.schema = StoreSchema(keys, self.schema.fps, self.schema.action, dict(source))
+
+    def _update_attrs(self, **changes: Any) -> None:
+        """Rewrite the store's attributes (`zarr.json`, one file replaced whole) with
+        `changes`; a None value removes its entry."""
+        info = dict(self.root.attrs["il"])
+        for name, value in changes.items():
+            if value is None:
+                info.pop(name, None)
+            else:
+                info[name] = value
+        self.root.attrs["il"] = info
 
     def _require_writable(self) -> None:
         if not self.writable:
@@ -700,6 +807,7 @@ class DemoStore:
             "action": self.schema.action,
             "source": self.schema.source,
             "checksums": checksums,
+            "rewriting": self._rewriting,
             "keys": keys,
         }
 
@@ -708,15 +816,7 @@ def _create_layout(group: zarr.Group, schema: StoreSchema) -> None:
     """Empty arrays for every key and metadata field; the format attributes go last."""
     data = group.require_group("data")
     for key, spec in schema.keys.items():
-        steps = spec.chunk_steps or _default_chunk_steps(spec)
-        data.create_array(
-            key,
-            shape=(0, *spec.shape),
-            chunks=(steps, *spec.shape),
-            dtype=spec.dtype,
-            compressors=_compressors(spec),
-            fill_value=0,
-        )
+        _create_key_array(data, key, spec, 0)
     meta = group.require_group("meta")
     meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64", fill_value=_UNSET)
     for name, dtype in META_FIELDS.items():
@@ -725,6 +825,19 @@ def _create_layout(group: zarr.Group, schema: StoreSchema) -> None:
         meta.create_array(name, shape=(0,), chunks=(4096,), dtype="int64")
     _create_checksums(meta, list(schema.keys), 0)
     group.attrs["il"] = schema.to_json()
+
+
+def _create_key_array(data: zarr.Group, key: str, spec: KeySpec, steps: int) -> zarr.Array:
+    """The array of one per-step key, `steps` long, chunked and compressed for its size."""
+    chunk = spec.chunk_steps or _default_chunk_steps(spec)
+    return data.create_array(
+        key,
+        shape=(steps, *spec.shape),
+        chunks=(chunk, *spec.shape),
+        dtype=spec.dtype,
+        compressors=_compressors(spec),
+        fill_value=0,
+    )
 
 
 def _create_checksums(meta: zarr.Group, keys: list[str], episodes: int) -> zarr.Array:
