@@ -67,7 +67,7 @@ def motion_store(tmp_path_factory) -> str:
     override tests command. State only."""
     path = str(tmp_path_factory.mktemp("rth") / "demos.zarr")
     suite = envs.suite("metaworld/MT10").subset(["reach-v3", "drawer-close-v3"])
-    record_expert(suite, path, episodes_per_task=3, workers=2)
+    record_expert(suite, path, episodes_per_task=3, workers=1)
     return path
 
 
@@ -88,7 +88,7 @@ def held_out_episode(store: str) -> int:
 
 @pytest.fixture(scope="module")
 def trained(motion_store, tmp_path_factory) -> Path:
-    """An rth policy trained long enough (a few seconds) for its motion head to read the
+    """An rth policy trained long enough (about three seconds) for its motion head to read the
     labels and its action head to follow a phrase; one drawer-close episode held out."""
     out = tmp_path_factory.mktemp("rth") / "run"
     n_episodes = DemoStore.open(motion_store).num_episodes
@@ -101,9 +101,14 @@ def trained(motion_store, tmp_path_factory) -> Path:
         "train.warmup_steps=50",
         "train.log_every=100",
         "train.save_every=1000",
+        "train.threads=1",  # a small MLP: one thread is three times faster than two here
         f"data.episodes=[{','.join(map(str, kept))}]",
     )
-    train(config)
+    threads = torch.get_num_threads()
+    try:
+        train(config)
+    finally:
+        torch.set_num_threads(threads)  # as the tests after this one expect
     return out
 
 
@@ -113,7 +118,7 @@ def trained(motion_store, tmp_path_factory) -> Path:
 def test_train_save_load_round_trip(motion_store, image_store, tmp_path, observation, head):
     store = motion_store if observation == "state" else image_store
     obs_keys = ("state",) if observation == "state" else ("state", "image/corner")
-    overrides = [] if head == "bc" else TINY_DIFFUSION
+    overrides = [] if head == "bc" else [*TINY_DIFFUSION]
     if observation == "image":
         overrides += ["data.obs=[obs/state,obs/image/corner]", "model.image_channels=[8,16]"]
     out = tmp_path / "run"
@@ -186,6 +191,28 @@ def test_an_overridden_motion_moves_the_hand_that_way(trained, phrase, sign):
     policy.act(obs)
     assert not policy.intermediate_overridden
     assert policy.intermediate == policy.predicted_intermediate
+    env.close()
+
+
+def test_an_override_counts_its_steps_with_chunks_predicted_ahead(motion_store, tmp_path):
+    """With action chunks predicted ahead on a background thread (`il deploy --act-ahead`), an
+    override still acts from the next action on, for exactly its steps."""
+    out = tmp_path / "run"
+    train(rth_config(motion_store, out, *TINY_DIFFUSION))
+    policy = load_policy(out)
+    policy.set_act_ahead(2)
+    env = envs.make("metaworld/reach-v3")
+    obs, _ = env.reset(seed=0)
+    policy.reset(task="reach-v3", seed=0)
+    for _ in range(3):  # the next chunk is being predicted ahead now
+        obs, *_ = env.step(policy.act(obs))
+    policy.override_intermediate("move up", steps=3)
+    for _ in range(3):
+        obs, *_ = env.step(policy.act(obs))
+        assert policy.intermediate == "move up" and policy.intermediate_overridden
+    for _ in range(4):
+        obs, *_ = env.step(policy.act(obs))
+        assert not policy.intermediate_overridden
     env.close()
 
 
