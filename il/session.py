@@ -237,7 +237,11 @@ class Session:
 
     # --- one step ------------------------------------------------------------------------------
     def _observe(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The robot's observation and the newest frames: (record entries, policy input)."""
+        """The newest frames and the robot's observation: (record entries, policy input).
+
+        The cameras are read first: a frame that arrives while the robot answers would otherwise
+        be stored with a state older than itself, and on a loaded machine that wait is long."""
+        frames = {cam.name: cam.read_latest(self.max_frame_age) for cam in self.cameras}
         obs = self.robot.observe()
         record: dict[str, Any] = {"time/robot": np.float64(obs["timestamp"])}
         policy_obs: dict[str, Any] = {}
@@ -245,11 +249,10 @@ class Session:
             value = np.asarray(obs[key], dtype=np.float32)
             record[f"obs/{key}"] = value
             policy_obs[key] = value
-        for cam in self.cameras:
-            frame = cam.read_latest(self.max_frame_age)
-            record[f"obs/image/{cam.name}"] = frame.color
-            record[f"time/image/{cam.name}"] = np.float64(frame.timestamp)
-            policy_obs[f"image/{cam.name}"] = frame.color
+        for name, frame in frames.items():
+            record[f"obs/image/{name}"] = frame.color
+            record[f"time/image/{name}"] = np.float64(frame.timestamp)
+            policy_obs[f"image/{name}"] = frame.color
         return record, policy_obs
 
     def _handle_events(self, reading: TeleopState | None) -> tuple[str | None, bool]:

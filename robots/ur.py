@@ -315,8 +315,8 @@ class URArm(Robot):
         else:
             setpoint = np.asarray(state["target_tcp"], dtype=np.float64)[:3]
         # Stamped when the reading has arrived here, not when ur_rtde's process took it: the
-        # session reads the cameras right after the robot, and a frame that came in during the
-        # round trip must not look newer than the robot state it is stored with.
+        # session reads the cameras just before the robot, and a frame taken then must not look
+        # newer than the robot state it is stored with.
         stamp = time.time()
         self._check_link(state)
         if q.shape != (6,) or tcp.shape != (6,):

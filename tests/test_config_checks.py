@@ -294,6 +294,9 @@ class _CtrlC:
     """A real SIGINT, delivered as the optimizer is about to take a run's first step."""
 
     def __enter__(self) -> _CtrlC:
+        # Python's own Ctrl-C handler, whatever this process inherited: a shell starts its
+        # background jobs with SIGINT ignored, and then no signal would interrupt anything.
+        self.previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         self.handle = register_optimizer_step_pre_hook(
             lambda *args: signal.raise_signal(signal.SIGINT)
         )
@@ -301,6 +304,7 @@ class _CtrlC:
 
     def __exit__(self, *exc: object) -> None:
         self.handle.remove()
+        signal.signal(signal.SIGINT, self.previous)
 
 
 def test_ctrl_c_before_the_first_step_leaves_no_folder(store_path, tmp_path):
