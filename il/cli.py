@@ -304,6 +304,7 @@ def eval_(
                 bar.update(
                     job, description=f"{learned['policy']} on {chosen.name}", total=n_episodes
                 )
+                cut = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
                 report = evaluate_checkpoint(
                     folder,
                     suite=env,
@@ -314,6 +315,7 @@ def eval_(
                     act_ahead=act_ahead,
                     acting=acting,
                     **common,
+                    **cut,  # else the checkpoint's own episode length
                 )
             except (CheckpointError, ValueError) as e:
                 raise UserError(str(e)) from None

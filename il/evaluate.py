@@ -9,6 +9,11 @@ command produce the same table, whatever the number of workers.
 
 Nothing here knows an env family: the suite builds the envs, and the family's description
 (`envs.family_of`) gives the default observation keys, episode length and filming options.
+
+A hierarchical policy (`il.policies.hierarchy.IntermediateOutput`) says in a few words what each
+action was read from — RT-H's language motion, procedure cloning's phase and target — and the
+videos show it on every frame, a correction in another colour with a "corrected:" prefix, so a
+person reviewing a rollout sees what the policy meant to do beside what it did.
 """
 
 from __future__ import annotations
@@ -29,7 +34,15 @@ import numpy as np
 import envs
 from envs.suite import TaskSuite
 
-__all__ = ["EpisodeResult", "EvalReport", "Policy", "TaskResult", "evaluate"]
+__all__ = [
+    "EpisodeResult",
+    "EvalReport",
+    "Policy",
+    "TaskResult",
+    "caption_frame",
+    "evaluate",
+    "intermediate_caption",
+]
 
 
 class Policy(Protocol):
@@ -215,7 +228,7 @@ def _run_job(job: _Job, kept: _Kept | None = None) -> tuple[list[EpisodeResult],
             obs, _, terminated, truncated, info = env.step(policy.act(obs))
             length += 1
             if filming:
-                frames.append(env.render())
+                frames.append(caption_frame(env.render(), intermediate_caption(policy)))
             done = terminated or truncated or info["success"]
         total_steps += length
         results.append(
@@ -231,6 +244,50 @@ def _run_job(job: _Job, kept: _Kept | None = None) -> tuple[list[EpisodeResult],
         if filming:
             videos.append(_write_video(job.video_dir, job.task.name, episode, frames))
     return results, total_steps, videos
+
+
+def intermediate_caption(policy: Any) -> tuple[str, bool] | None:
+    """What the policy's last action was read from, in a few words, and whether it was a
+    correction; None for a policy without an intermediate output (or before its first action)."""
+    from il.policies.hierarchy import IntermediateOutput
+
+    inner = policy.policy if isinstance(policy, _TaskBound) else policy
+    if not isinstance(inner, IntermediateOutput) or inner.intermediate is None:
+        return None
+    return inner.intermediate_text(), inner.intermediate_overridden
+
+
+PREDICTED_COLOUR = (255, 255, 255)
+CORRECTED_COLOUR = (255, 176, 0)
+
+
+def caption_frame(frame: np.ndarray, caption: tuple[str, bool] | None) -> np.ndarray:
+    """`frame` (h w 3, uint8) with `caption`'s text on a dark band along its bottom edge: white
+    for the policy's own prediction, amber and prefixed "corrected:" for an override. The font
+    shrinks until the line fits the frame's width."""
+    if caption is None:
+        return frame
+    from PIL import Image, ImageDraw, ImageFont
+
+    words, corrected = caption
+    line = f"corrected: {words}" if corrected else words
+    image = Image.fromarray(np.ascontiguousarray(frame))
+    width, height = image.size
+    margin = max(2, height // 60)
+    size = max(8, height // 16)
+    font = ImageFont.load_default(size=size)
+    draw = ImageDraw.Draw(image)
+    while size > 8 and draw.textlength(line, font=font) > width - 2 * margin:
+        size -= 1
+        font = ImageFont.load_default(size=size)
+    band = size + 2 * margin
+    shaded = np.asarray(image).copy()
+    shaded[height - band :] = shaded[height - band :] // 4  # darken: text reads on any scene
+    image = Image.fromarray(shaded)
+    draw = ImageDraw.Draw(image)
+    colour = CORRECTED_COLOUR if corrected else PREDICTED_COLOUR
+    draw.text((margin, height - band + margin), line, fill=colour, font=font)
+    return np.asarray(image)
 
 
 def _write_video(video_dir: str | None, task: str, episode: int, frames: list[np.ndarray]) -> str:

@@ -240,9 +240,10 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
     extra = dict(extra_keys(policy_config)) if extra_keys is not None else {}
     missing = [k for k in extra if k not in store.schema.keys]
     if missing:
+        fix = getattr(policy_class(config.policy), "extra_keys_fix", "record a store that has it")
         raise ConfigError(
             f"policy {config.policy} learns from {', '.join(missing)}, which {config.data.path} "
-            "does not hold; record a store that has it"
+            f"does not hold; {fix.format(store=config.data.path)}"
         )
     try:
         episodes = select_episodes(
@@ -295,6 +296,11 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
         }
         | {"tasks": tasks},
         instructions=[instruction_of.get(t, "") for t in tasks] if conditioned else [],
+        vocabularies={
+            key: [str(word) for word in source[f"{key}_vocabulary"]]
+            for key in extra
+            if f"{key}_vocabulary" in source
+        },
     )
     if config.data.memory_gb < 0:
         raise ConfigError(f"data.memory_gb must be 0 or more, not {config.data.memory_gb}")

@@ -97,6 +97,9 @@ def test_pc_inference_iterates_until_the_agent_is_reached():
         maps, _ = bfs_procedure(maze.walls, maze.goal, env.agent)
         procedure = policy.intermediate
         assert procedure.shape == maps.shape and step.calls == len(maps)
+        assert policy.intermediate_text() == (
+            f"search: {len(maps)} BFS layer{'' if len(maps) == 1 else 's'}"
+        )
         np.testing.assert_array_equal(procedure != NOT_REACHED, maps != NOT_REACHED)
         assert action == procedure[-1][env.agent]
         # Ties between equally short paths may break differently: the move must be as short.

@@ -114,10 +114,14 @@ def test_procedure_is_read_and_overridden_while_acting(store_path, tmp_path):
     again.reset(task="reach-v3", seed=0)
     np.testing.assert_allclose(again.act(obs), action, rtol=1e-5, atol=1e-6)
 
+    assert policy.intermediate_text().startswith(f"phase {chain['phase']}, target ")
+    assert not policy.intermediate_overridden
     far = chain["hand"] + np.array([0.3, 0.0, 0.0], np.float32)
     policy.override_intermediate({"target": far}, steps=1)
     moved = policy.act(obs)
     np.testing.assert_allclose(policy.intermediate["target"], far)
+    assert policy.intermediate_overridden
+    assert policy.intermediate_text().endswith(" ".join(f"{v:.2f}" for v in far))
     assert policy.predicted_intermediate["target"] is not far
     assert moved[0] > action[0] + 0.1  # steered toward the new target (+x)
     policy.act(obs)

@@ -67,6 +67,10 @@ class DataSpec:
     """Env identity from the store (suite, image size, episode length, ...)."""
     instructions: list[str] = field(default_factory=list)
     """The instruction of each task of `tasks` (for text task conditioning)."""
+    vocabularies: dict[str, list[str]] = field(default_factory=dict)
+    """Per-step label key a method learns from → the phrases its integer values index, from
+    the store's attrs `source.<key>_vocabulary` (e.g. `language_motion`: "stop", "move up",
+    ...): a checkpoint turns its predicted indices back into words without the store."""
 
     @property
     def action_spec(self) -> ActionSpec | None:

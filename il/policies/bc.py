@@ -29,7 +29,7 @@ from il.data.normalize import Normalizer
 from il.policies.base import DataSpec, Policy
 from il.policies.blocks import MLP, ObservationConfig, ObservationEncoder
 
-__all__ = ["BCConfig", "BCPolicy"]
+__all__ = ["BCConfig", "BCPolicy", "chunk_mse"]
 
 
 @dataclass
@@ -60,6 +60,18 @@ class BCConfig(ObservationConfig):
     """How the `gmm` head acts: `sample` draws a mode by its weight (alternates between branches
     as the expert does), `best` takes the most likely mode (never executes a mode the mixture
     gives little weight)."""
+
+
+def chunk_mse(
+    prediction: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean squared error of predicted action chunks `(b, horizon, action_dim)` over the steps
+    that are not padding past an episode's end (`is_pad`, `b horizon`), and its metrics."""
+    valid = (~is_pad).unsqueeze(-1).to(prediction.dtype)  # b h 1
+    error = (prediction - target) ** 2 * valid
+    loss = error.sum() / (valid.sum() * target.shape[-1]).clamp(min=1)
+    first = ((prediction[:, 0] - target[:, 0]) ** 2).mean()
+    return loss, {"mse": float(loss.detach()), "mse_first_action": float(first.detach())}
 
 
 class BCPolicy(Policy):
@@ -126,11 +138,7 @@ class BCPolicy(Policy):
         if self.config.head == "gmm":
             return self._gmm_loss(obs, batch, target)
         prediction = self.predict_chunk(obs, batch["task"])
-        valid = (~batch["action_is_pad"]).unsqueeze(-1).to(prediction.dtype)  # b h 1
-        error = (prediction - target) ** 2 * valid
-        loss = error.sum() / (valid.sum() * target.shape[-1]).clamp(min=1)
-        first = ((prediction[:, 0] - target[:, 0]) ** 2).mean()
-        return loss, {"mse": float(loss.detach()), "mse_first_action": float(first.detach())}
+        return chunk_mse(prediction, target, batch["action_is_pad"])
 
     def _gmm_loss(
         self,

@@ -13,6 +13,10 @@ grasps and insertions to the experts' level. Training is DDPM's (predict the add
 the clean chunk, at a random step of a squared-cosine schedule); acting samples with DDIM in a
 few steps (10 by default), which is what makes the policy fast enough for a 30 Hz loop on a CPU.
 `n_action_steps` of each chunk are executed before sampling again.
+
+The head itself (`DenoiserConfig`, the U-Net, `denoising_loss`, `sample_chunk`) is what any
+method conditions on its own features when it wants its actions denoised rather than regressed,
+as RT-H's action head does on the observation and a language motion.
 """
 
 from __future__ import annotations
@@ -33,28 +37,29 @@ from il.data.normalize import Normalizer
 from il.policies.base import DataSpec, Policy
 from il.policies.blocks import MLP, ObservationConfig, ObservationEncoder
 
-__all__ = ["ConditionalUnet1D", "DiffusionConfig", "DiffusionPolicy", "NoiseSchedule"]
+__all__ = [
+    "ConditionalUnet1D",
+    "DenoiserConfig",
+    "DiffusionConfig",
+    "DiffusionPolicy",
+    "NoiseSchedule",
+    "check_denoiser",
+    "condition_trunk",
+    "denoiser",
+    "denoising_loss",
+    "sample_chunk",
+]
 
 
 @dataclass
-class DiffusionConfig(ObservationConfig):
-    """Diffusion Policy with a 1-D conditional U-Net."""
+class DenoiserConfig:
+    """The denoising action head: a 1-D conditional U-Net and its noise schedule. Every method
+    that samples its actions by denoising (Diffusion Policy, RT-H's action head) takes these
+    fields, so they mean the same thing, with the same ranges, wherever they appear."""
 
-    ACTING: ClassVar[tuple[str, ...]] = (
-        "n_action_steps",
-        "inference_steps",
-        "eta",
-        "clip_sample",
-        "noise_scale",
-    )
-    """Fields that change how the trained policy acts, not its weights: `il eval` and
-    `il deploy` may set them on a checkpoint."""
+    ACTING: ClassVar[tuple[str, ...]] = ("inference_steps", "eta", "clip_sample", "noise_scale")
+    """Fields that change how the trained head samples, not its weights."""
 
-    obs_horizon: int = 2
-    action_horizon: int = field(default=16, metadata=limits(at_least=1))
-    """Actions denoised together (the chunk)."""
-    n_action_steps: int = 8
-    """Actions of each chunk executed before sampling again (≤ action_horizon)."""
     down_dims: list[int] = field(
         default_factory=lambda: [128, 256, 512], metadata=limits(at_least=1)
     )
@@ -88,6 +93,21 @@ class DiffusionConfig(ObservationConfig):
     reaches the actions only through one linear map per block; an MLP trunk like BC's lets the
     policy compute relations such as hand-to-object offsets once, before denoising. It runs
     once per chunk, not once per denoising step, so it costs little when acting."""
+
+
+@dataclass
+class DiffusionConfig(DenoiserConfig, ObservationConfig):
+    """Diffusion Policy with a 1-D conditional U-Net."""
+
+    ACTING: ClassVar[tuple[str, ...]] = ("n_action_steps", *DenoiserConfig.ACTING)
+    """Fields that change how the trained policy acts, not its weights: `il eval` and
+    `il deploy` may set them on a checkpoint."""
+
+    obs_horizon: int = 2
+    action_horizon: int = field(default=16, metadata=limits(at_least=1))
+    """Actions denoised together (the chunk)."""
+    n_action_steps: int = 8
+    """Actions of each chunk executed before sampling again (≤ action_horizon)."""
 
 
 # --- noise schedule ------------------------------------------------------------------------------
@@ -256,6 +276,119 @@ class ConditionalUnet1D(nn.Module):
         return rearrange(self.final(h), "b a t -> b t a")
 
 
+# --- the denoising head, for any policy ---------------------------------------------------------
+def check_denoiser(config: DenoiserConfig, action_horizon: int, normalizer: Normalizer) -> None:
+    """A one-line `ValueError` where the head's settings cannot work together (what a range
+    cannot say: the shapes the U-Net's layers need to fit, a clip that needs min-max actions)."""
+    levels = len(config.down_dims)
+    if action_horizon % 2 ** (levels - 1):
+        raise ValueError(
+            f"action_horizon ({action_horizon}) must be divisible by "
+            f"{2 ** (levels - 1)}: the U-Net halves it {levels - 1} times"
+        )
+    if config.kernel_size % 2 == 0:
+        raise ValueError(
+            f"model.kernel_size must be odd (a convolution keeps the chunk's length), got "
+            f"{config.kernel_size}"
+        )
+    if config.step_embedding % 2:
+        raise ValueError(
+            f"model.step_embedding must be even (sines and cosines in pairs), got "
+            f"{config.step_embedding}"
+        )
+    if any(width % config.groups for width in config.down_dims):
+        raise ValueError(
+            f"model.groups ({config.groups}) must divide every width of model.down_dims "
+            f"{config.down_dims}"
+        )
+    if normalizer.modes.get("action") != "min_max" and config.clip_sample:
+        raise ValueError(
+            "clip_sample needs actions normalized to [-1, 1]: set "
+            "data.normalize.action=min_max or model.clip_sample=false"
+        )
+    if config.noise_scale < 0:
+        raise ValueError(
+            f"model.noise_scale must be ≥ 0 (1 samples as trained), not {config.noise_scale}"
+        )
+    if config.prediction not in ("epsilon", "sample"):
+        raise ValueError(
+            f"model.prediction must be 'epsilon' or 'sample', not {config.prediction!r}"
+        )
+    if any(width < 1 for width in config.cond_hidden):
+        raise ValueError(
+            f"model.cond_hidden lists layer widths, each at least 1, not {config.cond_hidden}"
+        )
+
+
+def condition_trunk(config: DenoiserConfig, in_dim: int) -> tuple[nn.Module, int]:
+    """The MLP from features to the U-Net's condition (`cond_hidden`; none when empty), and the
+    condition's size."""
+    hidden = config.cond_hidden
+    if not hidden:
+        return nn.Identity(), in_dim
+    return MLP(in_dim, hidden[:-1], hidden[-1]), hidden[-1]
+
+
+def denoiser(config: DenoiserConfig, action_dim: int, cond_dim: int) -> ConditionalUnet1D:
+    return ConditionalUnet1D(
+        action_dim,
+        cond_dim,
+        config.down_dims,
+        config.kernel_size,
+        config.groups,
+        config.step_embedding,
+    )
+
+
+def denoising_loss(
+    unet: ConditionalUnet1D,
+    schedule: NoiseSchedule,
+    actions: torch.Tensor,
+    cond: torch.Tensor,
+    prediction: str,
+) -> torch.Tensor:
+    """DDPM's loss on normalized action chunks `(b, horizon, action_dim)`: noise them at a
+    random step and score the U-Net's guess of the noise (or of the clean chunk).
+
+    Padded steps past an episode's end repeat its last action: the chunk the policy should
+    produce there (hold still), so they are learnt like any other."""
+    noise = torch.randn_like(actions)
+    t = torch.randint(0, schedule.steps, (actions.shape[0],), device=actions.device)
+    predicted = unet(schedule.add_noise(actions, noise, t), t, cond)
+    target = actions if prediction == "sample" else noise
+    return F.mse_loss(predicted.float(), target)
+
+
+def sample_chunk(
+    unet: ConditionalUnet1D,
+    schedule: NoiseSchedule,
+    config: DenoiserConfig,
+    cond: torch.Tensor,
+    shape: tuple[int, int, int],
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A normalized action chunk of `shape` `(b, horizon, action_dim)`, denoised from noise in
+    `config.inference_steps` DDIM steps."""
+    x = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+    x = x * config.noise_scale
+    b = shape[0]
+    steps = schedule.timesteps(config.inference_steps)
+    for t, t_prev in zip(steps, [*steps[1:], -1], strict=True):
+        out = unet(x, torch.full((b,), t, device=cond.device), cond)
+        x = schedule.ddim_step(
+            x,
+            out.to(x.dtype),
+            t,
+            t_prev,
+            prediction=config.prediction,
+            eta=config.eta,
+            clip=config.clip_sample,
+            generator=generator,
+            noise_scale=config.noise_scale,
+        )
+    return x
+
+
 # --- the policy ----------------------------------------------------------------------------------
 class DiffusionPolicy(Policy):
     name = "diffusion"
@@ -263,72 +396,18 @@ class DiffusionPolicy(Policy):
 
     def __init__(self, config: DiffusionConfig, spec: DataSpec, normalizer: Normalizer) -> None:
         super().__init__(config, spec, normalizer)
-        levels = len(config.down_dims)
-        if config.action_horizon % 2 ** (levels - 1):
-            raise ValueError(
-                f"action_horizon ({config.action_horizon}) must be divisible by "
-                f"{2 ** (levels - 1)}: the U-Net halves it {levels - 1} times"
-            )
-        # What a range cannot say: the shapes the U-Net's layers need to fit together.
-        if config.kernel_size % 2 == 0:
-            raise ValueError(
-                f"model.kernel_size must be odd (a convolution keeps the chunk's length), got "
-                f"{config.kernel_size}"
-            )
-        if config.step_embedding % 2:
-            raise ValueError(
-                f"model.step_embedding must be even (sines and cosines in pairs), got "
-                f"{config.step_embedding}"
-            )
-        if any(width % config.groups for width in config.down_dims):
-            raise ValueError(
-                f"model.groups ({config.groups}) must divide every width of model.down_dims "
-                f"{config.down_dims}"
-            )
-        if normalizer.modes.get("action") != "min_max" and config.clip_sample:
-            raise ValueError(
-                "clip_sample needs actions normalized to [-1, 1]: set "
-                "data.normalize.action=min_max or model.clip_sample=false"
-            )
-        if config.noise_scale < 0:
-            raise ValueError(
-                f"model.noise_scale must be ≥ 0 (1 samples as trained), not {config.noise_scale}"
-            )
-        if config.prediction not in ("epsilon", "sample"):
-            raise ValueError(
-                f"model.prediction must be 'epsilon' or 'sample', not {config.prediction!r}"
-            )
+        check_denoiser(config, config.action_horizon, normalizer)
         self.encoder = ObservationEncoder.from_config(
             config, spec.obs_shapes, spec.tasks, spec.instructions
         )
-        if any(width < 1 for width in config.cond_hidden):
-            raise ValueError(
-                f"model.cond_hidden lists layer widths, each at least 1, not {config.cond_hidden}"
-            )
-        hidden = config.cond_hidden
-        self.condition = (
-            MLP(self.encoder.out_dim, hidden[:-1], hidden[-1]) if hidden else nn.Identity()
-        )
-        self.unet = ConditionalUnet1D(
-            spec.action_dim,
-            hidden[-1] if hidden else self.encoder.out_dim,
-            config.down_dims,
-            config.kernel_size,
-            config.groups,
-            config.step_embedding,
-        )
+        self.condition, cond_dim = condition_trunk(config, self.encoder.out_dim)
+        self.unet = denoiser(config, spec.action_dim, cond_dim)
         self.schedule = NoiseSchedule(config.train_steps)
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cond = self.condition(self.encoder(self.training_observations(batch), batch["task"]))
         actions = self.normalize("action", batch["action"].float())
-        noise = torch.randn_like(actions)
-        t = torch.randint(0, self.schedule.steps, (actions.shape[0],), device=actions.device)
-        predicted = self.unet(self.schedule.add_noise(actions, noise, t), t, cond)
-        # Padded steps past an episode's end repeat its last action: the chunk the policy
-        # should produce there (hold still), so they are learnt like any other.
-        target = actions if self.config.prediction == "sample" else noise
-        loss = F.mse_loss(predicted.float(), target)
+        loss = denoising_loss(self.unet, self.schedule, actions, cond, self.config.prediction)
         return loss, {f"{self.config.prediction}_mse": float(loss.detach())}
 
     def predict_chunk(
@@ -338,23 +417,6 @@ class DiffusionPolicy(Policy):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         cond = self.condition(self.encoder(obs, task))
-        b = cond.shape[0]
         generator = self.generator if generator is None else generator
-        shape = (b, self.config.action_horizon, self.spec.action_dim)
-        x = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
-        x = x * self.config.noise_scale
-        steps = self.schedule.timesteps(self.config.inference_steps)
-        for t, t_prev in zip(steps, [*steps[1:], -1], strict=True):
-            out = self.unet(x, torch.full((b,), t, device=cond.device), cond)
-            x = self.schedule.ddim_step(
-                x,
-                out.to(x.dtype),
-                t,
-                t_prev,
-                prediction=self.config.prediction,
-                eta=self.config.eta,
-                clip=self.config.clip_sample,
-                generator=generator,
-                noise_scale=self.config.noise_scale,
-            )
-        return x
+        shape = (cond.shape[0], self.config.action_horizon, self.spec.action_dim)
+        return sample_chunk(self.unet, self.schedule, self.config, cond, shape, generator)

@@ -1,8 +1,8 @@
 """The hook through which a hierarchical policy's intermediate output is read and overridden.
 
 Hierarchical methods predict something between the observation and the action and act on it:
-a procedure (procedure cloning, the one built so far), and later a language motion or a motion
-track, which the README lists as not here yet. A person
+a procedure (procedure cloning), a language motion (RT-H), and later a motion track, which the
+README lists as not here yet. A person
 or a program watching a rollout can read that intermediate output after every `act()` and
 replace it before the action is read off: a language correction, an edited track, a procedure
 computed by a planner. Every such method mixes in `IntermediateOutput` and calls
@@ -18,7 +18,8 @@ the method:
 An override is a value (used as is) or a function of the predicted value; it applies to the next
 `steps` calls of `act()` (None: until `clear_override()`). `reset()` between episodes keeps it:
 the caller set it, the caller clears it. Each method documents its intermediate's type under
-`intermediate_name`.
+`intermediate_name`, and says it in a few words with `intermediate_text()`, which rollout videos
+draw onto every frame (an overridden one marked as a correction).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class IntermediateOutput:
     _override: Any = None
     _override_steps: int | None = None
     _has_override: bool = False
+    _acted_on_override: bool = False
 
     @property
     def intermediate(self) -> Any:
@@ -55,6 +57,16 @@ class IntermediateOutput:
     def overridden(self) -> bool:
         """Whether an override is set for the next action."""
         return self._has_override
+
+    @property
+    def intermediate_overridden(self) -> bool:
+        """Whether the last action was read from an override rather than the prediction."""
+        return self._acted_on_override
+
+    def intermediate_text(self) -> str:
+        """The last intermediate output in a few words, for a person watching (a video caption);
+        methods whose intermediate is not already short text say it their own way."""
+        return str(self._intermediate)
 
     def override_intermediate(
         self, override: Callable[[Any], Any] | Any, *, steps: int | None = 1
@@ -77,6 +89,7 @@ class IntermediateOutput:
         action is to be read from. Methods call this once per action."""
         self._predicted_intermediate = predicted
         value = predicted
+        self._acted_on_override = self._has_override
         if self._has_override:
             override = self._override
             value = override(predicted) if callable(override) else override
@@ -90,3 +103,4 @@ class IntermediateOutput:
     def forget_intermediate(self) -> None:
         """Drop the last intermediate output (a new episode has none yet); overrides stay."""
         self._intermediate = self._predicted_intermediate = None
+        self._acted_on_override = False

@@ -43,6 +43,7 @@ METHODS: dict[str, str] = {
     "aux-bc-metaworld": "il.methods.procedure_cloning.metaworld:AuxBCMetaWorldPolicy",
     "encoder-pretraining": "il.methods.id_pretraining.objectives:EncoderPretraining",
     "pretrained-bc": "il.methods.id_pretraining.policy:PretrainedBCPolicy",
+    "rth": "il.methods.rth.policy:RTHPolicy",
 }
 """Method name → `module:Class` of its policy, imported on first use."""
 

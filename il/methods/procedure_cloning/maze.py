@@ -197,6 +197,12 @@ class PCMazePolicy(IntermediateOutput, Policy):
         action = action_from_procedure(procedure, agent_cell(grid), self._cpu_generator())
         return np.array([action], dtype=np.int64)
 
+    def intermediate_text(self) -> str:
+        """How far the search went: the number of BFS layers the action was read from."""
+        maps = np.asarray(self.intermediate)
+        layers = 1 if maps.ndim == 2 else len(maps)
+        return f"search: {layers} BFS layer{'' if layers == 1 else 's'}"
+
     def _cpu_generator(self) -> torch.Generator | None:
         # The episode's generator (`reset(seed=...)`), where it draws on the CPU.
         generator = self.generator

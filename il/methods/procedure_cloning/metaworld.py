@@ -233,6 +233,13 @@ class PCMetaWorldPolicy(IntermediateOutput, Policy):
             raise ValueError(f"phase {phase} is outside 0..{self.config.max_phases - 1}")
         return positions, torch.tensor([phase], device=device), target
 
+    def intermediate_text(self) -> str:
+        """The phase and the target the action steers to (metres), the links a person can check
+        against the scene."""
+        chain = {**(self.predicted_intermediate or {}), **dict(self.intermediate)}
+        x, y, z = (float(v) for v in np.asarray(chain["target"]).reshape(3))
+        return f"phase {int(chain[PHASE])}, target {x:.2f} {y:.2f} {z:.2f}"
+
     def reset(self, task: str | None = None, seed: int | None = None) -> None:
         super().reset(task, seed)
         self.forget_intermediate()
