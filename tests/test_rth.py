@@ -273,6 +273,35 @@ def test_a_store_without_labels_is_one_line(motion_store, tmp_path):
         train(rth_config(unnamed, tmp_path / "run2"))
 
 
+def test_steps_the_labeller_could_not_read_teach_no_phrase(motion_store, tmp_path):
+    """A step stored as -1 (its signal was not finite) adds nothing to the motion loss and its
+    action is learnt after the head's own phrase: a store with every other step -1 trains with a
+    finite motion loss, one with every step -1 with none at all."""
+
+    def motion_metrics(every: int) -> tuple[list[float], list[float]]:
+        holes = str(tmp_path / f"holes{every}.zarr")
+        copy_store(motion_store, holes, drop_key=False, drop_vocabulary=False)
+        with DemoStore.open(holes, mode="a") as store:
+            labels = np.concatenate(
+                [store.read_episode(i, [MOTION_KEY])[MOTION_KEY] for i in range(2)]
+            )
+            labels[::every] = -1
+            spec, source = store.schema.keys[MOTION_KEY], dict(store.schema.source)
+            store.rewrite_key(MOTION_KEY, spec, labels, source)
+        out = tmp_path / f"run{every}"
+        train(rth_config(holes, out, "train.steps=10", "train.log_every=1"))
+        rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()]
+        ce = [float(r[-1]) for r in rows if r[1:3] == ["train", "ce_motion"]]
+        hits = [float(r[-1]) for r in rows if r[1:3] == ["train", "motion_accuracy"]]
+        return ce, hits
+
+    ce, hits = motion_metrics(every=2)
+    assert len(ce) == 10 and all(np.isfinite(c) and c > 0 for c in ce), ce
+    assert all(0 <= h <= 1 for h in hits)
+    ce, hits = motion_metrics(every=1)
+    assert ce == [0.0] * 10 and hits == [0.0] * 10, (ce, hits)
+
+
 def test_an_unknown_phrase_without_the_text_model_is_one_line(trained, monkeypatch):
     policy = load_policy(trained)
     # the sentence-embedding package is not installed

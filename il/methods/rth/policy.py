@@ -62,6 +62,8 @@ __all__ = ["MOTION_KEY", "RTHConfig", "RTHPolicy"]
 MOTION_KEY = "language_motion"
 """The per-step store key of the motion labels: an index into attrs
 `source.language_motion_vocabulary`."""
+UNLABELLED = -1
+"""The label of a step whose motion the labeller could not read (see `label_steps`)."""
 ACTION_HEADS = ("bc", "diffusion")
 
 
@@ -189,8 +191,16 @@ class RTHPolicy(IntermediateOutput, Policy):
         features = self.encoder(self.training_observations(batch), batch["task"])
         labels = self._labels(batch)
         logits = self.motion_logits(features)
-        ce = F.cross_entropy(logits, labels)
-        motion = self.motion_embeddings[labels]  # teacher forcing: the recorded phrase
+        labelled = labels >= 0
+        # A step the labeller could not read (a non-finite signal, stored as -1) teaches no phrase;
+        # its action is learned after the phrase the head itself predicts, as at run time.
+        ce = (
+            F.cross_entropy(logits, labels, ignore_index=UNLABELLED)
+            if bool(labelled.any())
+            else logits.sum() * 0.0
+        )
+        spoken = torch.where(labelled, labels, logits.detach().argmax(-1))
+        motion = self.motion_embeddings[spoken]  # teacher forcing: the recorded phrase
         target = self.normalize("action", batch["action"].float())
         if self.config.action_head == "bc":
             prediction = self.action_chunk(features, motion)
@@ -202,12 +212,15 @@ class RTHPolicy(IntermediateOutput, Policy):
             metrics = {f"{prediction_kind}_mse": float(action_loss.detach())}
         loss = action_loss + self.config.motion_weight * ce
         with torch.no_grad():
-            accuracy = (logits.argmax(-1) == labels).float().mean()
+            hits = (logits.argmax(-1) == labels) & labelled
+            accuracy = hits.float().sum() / labelled.float().sum().clamp(min=1.0)
         return loss, metrics | {"ce_motion": float(ce.detach()), "motion_accuracy": float(accuracy)}
 
     def _labels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         labels = batch[MOTION_KEY][:, 0].long().reshape(-1)
-        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(self.vocabulary):
+        if len(labels) and not UNLABELLED <= int(labels.min()) <= int(labels.max()) < len(
+            self.vocabulary
+        ):
             raise ValueError(
                 f"{MOTION_KEY} holds index {int(labels.max())} or {int(labels.min())}, outside "
                 f"the store's {len(self.vocabulary)} phrases; label it again with `il relabel`"
