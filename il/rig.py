@@ -55,6 +55,11 @@ class Rig:
     name: str = "the robot"
     """How the user named the robot (`ur:192.168.1.10`), for messages."""
 
+    @property
+    def task(self) -> str:
+        """The task the robot is set up for (a simulated arm's), "" for none."""
+        return str(getattr(self.driver, "task", ""))
+
     def accept_actions(self, convention: Mapping[str, Any], dim: int, producer: str) -> None:
         """Refuse, in one line naming both conventions, actions that mean something else to
         this robot than to whatever produced them (a checkpoint, a recording): the one check
@@ -114,6 +119,8 @@ class Rig:
                 if out is not None:
                     sizes = {c.name: (c.intrinsics.width, c.intrinsics.height) for c in cameras}
                     schema = robot_schema(self.robot, cameras, sizes, self.hz)
+                    if source is not None:
+                        schema = source.store_schema(schema)
                     store = DemoStore.open_or_create(out, as_stored(out, schema))
                 session = Session(
                     self.robot,
@@ -123,7 +130,7 @@ class Rig:
                     policy=policy,
                     source=source,
                     store=store,
-                    task=getattr(self.driver, "task", ""),
+                    task=self.task,
                     instruction=getattr(self.driver, "instruction", ""),
                     on_status=on_status,
                     on_disconnect=on_disconnect,
