@@ -632,7 +632,7 @@ def deploy(
         source = None
         if correct is not None:
             try:
-                source = CorrectionSource(policy, task=rig.task)
+                source = CorrectionSource(policy)
             except NotCorrectable as e:
                 raise UserError(
                     f"--correct: {e}; the checkpoint {checkpoint} can be taken over with "

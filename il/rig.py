@@ -55,11 +55,6 @@ class Rig:
     name: str = "the robot"
     """How the user named the robot (`ur:192.168.1.10`), for messages."""
 
-    @property
-    def task(self) -> str:
-        """The task the robot is set up for (a simulated arm's), "" for none."""
-        return str(getattr(self.driver, "task", ""))
-
     def accept_actions(self, convention: Mapping[str, Any], dim: int, producer: str) -> None:
         """Refuse, in one line naming both conventions, actions that mean something else to
         this robot than to whatever produced them (a checkpoint, a recording): the one check
@@ -130,7 +125,7 @@ class Rig:
                     policy=policy,
                     source=source,
                     store=store,
-                    task=self.task,
+                    task=getattr(self.driver, "task", ""),
                     instruction=getattr(self.driver, "instruction", ""),
                     on_status=on_status,
                     on_disconnect=on_disconnect,

@@ -216,6 +216,8 @@ class Session:
         self.cameras = list(cameras)
         self.teleop = teleop
         self.source = source or _source_for(robot.action_spec, policy, teleop, task)
+        if isinstance(self.source, PolicySource) and not self.source.task:
+            self.source.task = task  # a policy acts for the robot's task unless told another
         if self.source.needs_teleop and teleop is None:
             raise ValueError(f"a {self.source.mode} session needs a teleop device")
         if store is not None:

@@ -27,7 +27,10 @@ from il.data.motion_labels import (
     CORRECTED_KEY,
     CORRECTED_VOCABULARY_ATTR,
     KEY,
+    PREDICTED_KEY,
+    PREDICTED_VOCABULARY_ATTR,
     corrected_spec,
+    predicted_spec,
 )
 from il.data.store import StoreSchema
 from robots.base import ActionSpec, TeleopEvent, TeleopState, teleop_action
@@ -269,7 +272,10 @@ class CorrectionSource(PolicySource):
     counts as an intervention, and stores the phrase in `corrected_motion`: an index into the
     store's `source.corrected_motion_vocabulary`, which starts as the policy's vocabulary and
     takes each new phrase before the first episode that uses it is saved (-1 for a step the
-    policy said itself). An episode with any corrected step is stored as source=intervention.
+    policy said itself). Every step also keeps the phrase the policy predicted itself, in
+    `predicted_motion` (indices into `source.predicted_motion_vocabulary`, the policy's), so the
+    recording says what the person changed. An episode with any corrected step is stored as
+    source=intervention.
     """
 
     needs_teleop = True
@@ -288,6 +294,8 @@ class CorrectionSource(PolicySource):
         self.vocabulary: list[str] = [str(p) for p in policy.vocabulary]  # type: ignore[attr-defined]
         """The phrases `corrected_motion` indexes: the store's, which grows."""
         self._index = {canonical_phrase(p): i for i, p in enumerate(self.vocabulary)}
+        self._policy_phrases = dict(self._index)
+        """The policy's own phrases (`predicted_motion` indexes them): these never grow."""
         self._ready = set(self._index)
         """Phrases the policy can act on at once (embedded)."""
         self._refused: dict[str, str] = {}
@@ -305,20 +313,34 @@ class CorrectionSource(PolicySource):
         self.intervened = False
         """Some step of this episode was corrected (its `label`)."""
         self._step_motion = -1
+        self._step_predicted = -1
         self._last: tuple[str, str, bool] | None = None
         """(phrase acted on, phrase predicted, corrected) at the latest step."""
 
     # --- the store -------------------------------------------------------------------------------
     def store_schema(self, schema: StoreSchema) -> StoreSchema:
-        keys = {**schema.keys, CORRECTED_KEY: corrected_spec()}
-        source = {**schema.source, CORRECTED_VOCABULARY_ATTR: list(self.vocabulary)}
+        keys = {**schema.keys, CORRECTED_KEY: corrected_spec(), PREDICTED_KEY: predicted_spec()}
+        source = {
+            **schema.source,
+            CORRECTED_VOCABULARY_ATTR: list(self.vocabulary),
+            PREDICTED_VOCABULARY_ATTR: list(self.vocabulary),
+        }
         return StoreSchema(keys=keys, fps=schema.fps, action=schema.action, source=source)
 
     def recording_into(self, store: DemoStore) -> None:
-        if CORRECTED_KEY not in store.schema.keys:
+        for key in (CORRECTED_KEY, PREDICTED_KEY):
+            if key not in store.schema.keys:
+                raise ValueError(
+                    f"{store.path} has no per-step key {key} for language corrections; record "
+                    "them into a new store"
+                )
+        predicted = store.schema.source.get(PREDICTED_VOCABULARY_ATTR)
+        if isinstance(predicted, list) and [canonical_phrase(str(p)) for p in predicted] != list(
+            self._policy_phrases
+        ):
             raise ValueError(
-                f"{store.path} has no per-step key {CORRECTED_KEY} for language corrections; "
-                "record them into a new store"
+                f"{store.path} holds the corrections of a policy with other language motions; "
+                "record this one's into a new store"
             )
         stored = store.schema.source.get(CORRECTED_VOCABULARY_ATTR)
         if isinstance(stored, list) and stored:
@@ -326,7 +348,10 @@ class CorrectionSource(PolicySource):
             self._index = {canonical_phrase(p): i for i, p in enumerate(self.vocabulary)}
 
     def step_entries(self) -> dict[str, Any]:
-        return {CORRECTED_KEY: np.int16(self._step_motion)}
+        return {
+            CORRECTED_KEY: np.int16(self._step_motion),
+            PREDICTED_KEY: np.int16(self._step_predicted),
+        }
 
     def store_attributes(self) -> dict[str, Any]:
         return {CORRECTED_VOCABULARY_ATTR: list(self.vocabulary)}
@@ -361,6 +386,7 @@ class CorrectionSource(PolicySource):
         self.corrected_steps += corrected
         self.intervened = self.intervened or corrected
         predicted = self.policy.predicted_intermediate  # type: ignore[attr-defined]
+        self._step_predicted = self._policy_phrases.get(canonical_phrase(str(predicted)), -1)
         self._last = (str(self.policy.intermediate), str(predicted), corrected)  # type: ignore[attr-defined]
         return action, corrected
 

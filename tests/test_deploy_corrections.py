@@ -245,6 +245,7 @@ def test_held_keys_correct_the_policy_while_held(rth_run, display, tmp_path, mon
         ep = store.read_episode(0)
         assert store.episode_meta()["source"][0] == "intervention"
         assert store.schema.source["corrected_motion_vocabulary"] == vocabulary
+        assert store.schema.source["predicted_motion_vocabulary"] == vocabulary
     motion, marked = ep["corrected_motion"], ep["intervention"]
     assert motion.dtype == np.int16
     np.testing.assert_array_equal(motion >= 0, marked)  # corrected steps, and only they
@@ -254,6 +255,8 @@ def test_held_keys_correct_the_policy_while_held(rth_run, display, tmp_path, mon
     assert first(motion, index["move up"]) < first(motion, index["move right and up"])
     assert first(motion, index["move right and up"]) < first(motion, index["close gripper"])
     assert motion[0] == -1 and motion[-1] == -1 and not marked[0] and not marked[-1]
+    predicted = ep["predicted_motion"]  # the policy's own phrase, corrected or not
+    assert ((predicted >= 0) & (predicted < len(vocabulary))).all()
     assert report.from_source["corrected_steps"] == int(marked.sum()) == report.intervention_steps
 
 
