@@ -749,16 +749,18 @@ def replay(
 )
 def info(path: str, as_json: bool, verify: bool) -> None:
     """Describe a DemoStore: episodes, steps, keys, tasks, success, sources, language-motion
-    labels, checksums."""
+    labels, interventions, checksums."""
     import json
 
     from il.data.motion_labels import label_statistics
     from il.data.store import DemoStore, StoreError
+    from il.interventions import intervention_statistics
 
     try:
         store = DemoStore.open(path)
         report = store.info()
         report["language_motion"] = label_statistics(store)
+        report["interventions"] = intervention_statistics(store)
         spec = store.schema.action_spec
         damage = _verify_store(store) if verify else None
     except StoreError as e:
@@ -812,6 +814,8 @@ def info(path: str, as_json: bool, verify: bool) -> None:
     console.print(f"action: {spec.describe() if spec else 'no convention stated'}", markup=False)
     for line in _label_lines(report["language_motion"]):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if (chosen := report["interventions"]) is not None:
+        console.print(_interventions_line(chosen), markup=False, highlight=False, soft_wrap=True)
     sums = report["checksums"]
     if sums is None:
         summed = (
@@ -953,6 +957,23 @@ def _label_lines(labels: dict[str, Any]) -> list[str]:
             "`il relabel` labels it again and records it"
         )
     return [*lines, *interrupted]
+
+
+def _interventions_line(chosen: dict[str, Any]) -> str:
+    settings = chosen["settings"]
+    by = chosen["by"] + (
+        f", after {settings['patience']} disagreeing steps for {settings['hold']}"
+        if settings
+        else ""
+    )
+    line = (
+        f"interventions: {chosen['steps']} steps ({100 * chosen['fraction']:.1f}%) in "
+        f"{chosen['episodes']} episodes, by {by}"
+    )
+    if chosen["phrases"]:
+        top = list(chosen["phrases"].items())[:4]
+        line += "; phrases given: " + ", ".join(f"{p} {n}" for p, n in top)
+    return line
 
 
 def _verify_store(store: Any) -> list[Any]:

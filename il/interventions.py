@@ -157,3 +157,38 @@ def rollout_schema(spec: Any, suite: Any, interveners: Interveners | None, check
 
     fps = envs.family_of(suite.name).fps
     return StoreSchema(keys=keys, fps=fps, action=dict(spec.action), source=source)
+
+
+def intervention_statistics(store: Any) -> dict[str, Any] | None:
+    """What `il info` says of a store's interventions: steps and episodes an intervener (or
+    an operator) chose, who did, and the phrases a language correction gave most; None for a
+    store without the `intervention` key."""
+    keys = store.schema.keys
+    if "intervention" not in keys:
+        return None
+    phrases_key = "corrected_motion" if "corrected_motion" in keys else None
+    read = ["intervention", *([phrases_key] if phrases_key else [])]
+    steps = episodes = 0
+    given: dict[int, int] = {}
+    for i in range(store.num_episodes):
+        arrays = store.read_episode(i, read)
+        flags = np.asarray(arrays["intervention"], bool)
+        steps += int(flags.sum())
+        episodes += bool(flags.any())
+        if phrases_key:
+            for index in np.asarray(arrays[phrases_key])[flags]:
+                given[int(index)] = given.get(int(index), 0) + 1
+    source = store.schema.source
+    vocabulary = [str(p) for p in source.get("corrected_motion_vocabulary", [])]
+    named = {
+        (vocabulary[k] if 0 <= k < len(vocabulary) else f"#{k}"): n
+        for k, n in sorted(given.items(), key=lambda kv: -kv[1])
+    }
+    return {
+        "steps": steps,
+        "fraction": steps / store.num_steps if store.num_steps else 0.0,
+        "episodes": episodes,
+        "by": source.get("intervener", "operator"),
+        "settings": source.get("intervene"),
+        "phrases": named,
+    }

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import envs
 from il.data.store import DemoStore
 from il.evaluate import evaluate_checkpoint
-from il.interventions import InterveneSpec
+from il.interventions import InterveneSpec, intervention_statistics
 from il.methods.rth.corrections import MotionOracle
 from il.methods.rth.iwr import intervention_weights
 from il.policies.registry import load_policy
@@ -162,6 +162,11 @@ def test_corrections_follow_the_protocol_and_are_recorded(corrections):
         assert str(meta["source"][i]) == ("intervention" if flags.any() else "policy")
         total += int(flags.sum())
     assert total == report.interventions
+    stats = intervention_statistics(store)
+    assert stats["steps"] == total and stats["by"] == "expert-motion"
+    assert sum(stats["phrases"].values()) == total
+    proc = subprocess.run([*IL, "info", path], capture_output=True, text=True, cwd=ROOT)
+    assert f"interventions: {total} steps" in proc.stdout, proc.stdout[-800:]
 
 
 def test_a_corrected_policy_acts_on_the_phrase_given(rth_run):
