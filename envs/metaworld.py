@@ -32,8 +32,9 @@ reward, the expert's procedure, a language-motion label and the MuJoCo state), w
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -524,6 +525,30 @@ class MetaWorldEnv(gym.Env):
         # Meta-World keeps the previous frame outside the physics state; after any step it is
         # the frame the state was taken at.
         self.sim._prev_obs = self.sim._get_curr_obs_combined_no_goal()
+
+    @contextlib.contextmanager
+    def lookahead(self) -> Iterator[None]:
+        """Steps taken inside are undone on leaving: the physics, the step counters and the
+        frames Meta-World keeps outside the physics state, so an oracle can try what an expert
+        would do from here (a simulated person's motion label) without the episode noticing."""
+        sim = self.sim
+        kept = (
+            self.get_sim_state(),
+            self._steps,
+            sim.curr_path_length,
+            sim._last_stable_obs,
+            sim._did_see_sim_exception,
+            sim._prev_obs.copy(),
+            sim.max_path_length,
+        )
+        sim.max_path_length = 2**31  # a look past the episode's last step is still a look
+        try:
+            yield
+        finally:
+            state, self._steps, sim.curr_path_length, stable, unstable, previous, limit = kept
+            self.set_sim_state(state)
+            sim._last_stable_obs, sim._did_see_sim_exception = stable, unstable
+            sim._prev_obs, sim.max_path_length = previous, limit
 
     # --- helpers -------------------------------------------------------------------------------
     def _restore_built_scene(self) -> None:

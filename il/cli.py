@@ -241,6 +241,33 @@ def _robot_options(robot_required: bool) -> Callable[[Callable], Callable]:
     help="Roll out as `il deploy --act-ahead` does: each chunk predicted this many steps "
     "before it is needed (measures what the later reaction costs).",
 )
+@click.option(
+    "--intervene",
+    default=None,
+    help="A simulated person who corrects the policy: expert-motion (an rth policy, in words) "
+    "or expert-takeover (any policy: the expert's actions).",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="--intervene steps in after this many steps of disagreement in a row...",
+)
+@click.option(
+    "--hold",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="...for this many steps.",
+)
+@click.option(
+    "--record",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Commit every episode to this DemoStore as it ends (with --intervene: the corrections, "
+    "for il finetune); run again, it plays only the episodes the store lacks.",
+)
 @click.argument("acting", nargs=-1)
 def eval_(
     checkpoint: Path | None,
@@ -259,6 +286,10 @@ def eval_(
     video_episodes: int,
     json_out: Path | None,
     act_ahead: int,
+    intervene: str | None,
+    patience: int,
+    hold: int,
+    record: str | None,
     acting: tuple[str, ...],
 ) -> None:
     """Roll a checkpoint (or the scripted experts) out on a suite; success per task.
@@ -266,7 +297,9 @@ def eval_(
     ACTING: model.key=value changes to how a trained policy acts, not to its weights, e.g.
     model.n_action_steps=4, model.inference_steps=16 or model.noise_scale=0.5 (the error lists
     what a method allows)."""
+    from il.data.store import StoreError
     from il.evaluate import checkpoint_suite, evaluate, evaluate_checkpoint
+    from il.interventions import InterveneSpec as spec_of
     from il.policies.base import CheckpointError, read_description, resolve_checkpoint
     from il.policies.expert import expert_for_task
     from il.policies.registry import check_acts
@@ -275,6 +308,8 @@ def eval_(
         raise UserError("give either --checkpoint RUN_OR_CHECKPOINT or --policy expert")
     if acting and checkpoint is None:
         raise UserError(f"{acting[0]}: model.key=value changes a checkpoint; give --checkpoint")
+    if (intervene or record) and checkpoint is None:
+        raise UserError("--intervene and --record roll out a trained policy; give --checkpoint")
     names = _parse_tasks(tasks)  # an empty --tasks fails here, before any checkpoint is read
     common = dict(
         episodes_per_task=episodes_per_task,
@@ -314,10 +349,12 @@ def eval_(
                     workers=workers,
                     act_ahead=act_ahead,
                     acting=acting,
+                    intervene=None if intervene is None else (intervene, spec_of(patience, hold)),
+                    record=record,
                     **common,
                     **cut,  # else the checkpoint's own episode length
                 )
-            except (CheckpointError, ValueError) as e:
+            except (CheckpointError, StoreError, ValueError) as e:
                 raise UserError(str(e)) from None
             policy = learned["policy"]
         else:
@@ -342,10 +379,14 @@ def eval_(
     table.add_column("task")
     table.add_column("success", justify="right")
     table.add_column("mean length", justify="right")
+    if intervene:
+        table.add_column("corrected steps", justify="right")
     for t in report.tasks:
-        table.add_row(t.task, f"{100 * t.success_rate:.0f}%", f"{t.mean_length:.0f}")
+        counts = [f"{t.interventions}"] if intervene else []
+        table.add_row(t.task, f"{100 * t.success_rate:.0f}%", f"{t.mean_length:.0f}", *counts)
     table.add_section()
-    table.add_row("[bold]mean", f"[bold]{100 * report.success_rate:.1f}%", "")
+    total = [f"[bold]{report.interventions}"] if intervene else []
+    table.add_row("[bold]mean", f"[bold]{100 * report.success_rate:.1f}%", "", *total)
     console.print(table)
     console.print(
         f"{report.steps} steps in {report.seconds:.1f} s "
@@ -363,6 +404,8 @@ def eval_(
     if json_out is not None:
         report.write_json(json_out)
         console.print(f"results: {json_out}")
+    if record is not None:
+        console.print(f"episodes: {record}")
 
 
 @app.command("record")
@@ -739,16 +782,18 @@ def replay(
 )
 def info(path: str, as_json: bool, verify: bool) -> None:
     """Describe a DemoStore: episodes, steps, keys, tasks, success, sources, language-motion
-    labels, checksums."""
+    labels, interventions, checksums."""
     import json
 
     from il.data.motion_labels import label_statistics
     from il.data.store import DemoStore, StoreError
+    from il.interventions import intervention_statistics
 
     try:
         store = DemoStore.open(path)
         report = store.info()
         report["language_motion"] = label_statistics(store)
+        report["interventions"] = intervention_statistics(store)
         spec = store.schema.action_spec
         damage = _verify_store(store) if verify else None
     except StoreError as e:
@@ -802,6 +847,8 @@ def info(path: str, as_json: bool, verify: bool) -> None:
     console.print(f"action: {spec.describe() if spec else 'no convention stated'}", markup=False)
     for line in _label_lines(report["language_motion"]):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if (chosen := report["interventions"]) is not None:
+        console.print(_interventions_line(chosen), markup=False, highlight=False, soft_wrap=True)
     sums = report["checksums"]
     if sums is None:
         summed = (
@@ -943,6 +990,23 @@ def _label_lines(labels: dict[str, Any]) -> list[str]:
             "`il relabel` labels it again and records it"
         )
     return [*lines, *interrupted]
+
+
+def _interventions_line(chosen: dict[str, Any]) -> str:
+    settings = chosen["settings"]
+    by = chosen["by"] + (
+        f", after {settings['patience']} disagreeing steps for {settings['hold']}"
+        if settings
+        else ""
+    )
+    line = (
+        f"interventions: {chosen['steps']} steps ({100 * chosen['fraction']:.1f}%) in "
+        f"{chosen['episodes']} episodes, by {by}"
+    )
+    if chosen["phrases"]:
+        top = list(chosen["phrases"].items())[:4]
+        line += "; phrases given: " + ", ".join(f"{p} {n}" for p, n in top)
+    return line
 
 
 def _verify_store(store: Any) -> list[Any]:
@@ -1103,7 +1167,7 @@ def train_(
     """Train a policy on a DemoStore. OVERRIDES are key=value, e.g. train.steps=5000
     model.hidden=[256,256] data.obs=[obs/state,obs/image/corner]."""
     from il.data.store import StoreError
-    from il.train import ConfigError, load_config, train
+    from il.train import ConfigError, load_config
 
     for item in overrides:
         if "=" not in item:
@@ -1127,22 +1191,100 @@ def train_(
             saved = Path(config.out) / "config.yaml"
             if resume and saved.exists():
                 config = load_config(policy, saved, extra)
-        total = config.train.steps
-        with _progress("train") as bar:
-            job = bar.add_task(f"{config.policy} → {config.out}", total=total, status="")
-
-            def on_step(step: int, metrics: dict[str, float]) -> None:
-                status = f"loss {metrics['mse']:.4f}" if "mse" in metrics else ""
-                bar.update(job, completed=step, status=status)
-
-            last = train(config, resume=resume, on_step=on_step)
+        _run_training(config, resume)
     except (ConfigError, StoreError, OSError) as e:  # OSError: the run folder's disk, mid-run
         raise UserError(str(e)) from None
+
+
+def _run_training(config: Any, resume: bool) -> None:
+    """Train with a progress bar, then say where the results are (`il train`, `il finetune`)."""
+    from il.train import train
+
+    with _progress("train") as bar:
+        job = bar.add_task(f"{config.policy} → {config.out}", total=config.train.steps, status="")
+
+        def on_step(step: int, metrics: dict[str, float]) -> None:
+            shown = next((k for k in ("mse", "ce_motion", "loss") if k in metrics), None)
+            status = f"{shown} {metrics[shown]:.4f}" if shown else ""
+            bar.update(job, completed=step, status=status)
+
+        last = train(config, resume=resume, on_step=on_step)
     console.print(f"checkpoint: {last}")
     console.print(
         f"curves: {Path(config.out) / 'curves.png'}; metrics: {Path(config.out) / 'metrics.csv'}"
     )
     console.print(f"evaluate it: il eval --checkpoint {config.out}")
+
+
+@app.command("finetune")
+@click.option(
+    "--method",
+    required=True,
+    help="The fine-tuning method, e.g. rth-intervene (from an rth checkpoint) or flat-iwr "
+    "(from a bc checkpoint); a wrong one names the others.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=str),
+    required=True,
+    help="The run folder (its latest checkpoint) or checkpoint folder to start from (sets init).",
+)
+@click.option(
+    "--data",
+    type=str,
+    required=True,
+    help="The DemoStore of corrections to learn from (sets data.path).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=str),
+    default=None,
+    help="The run folder (sets out) [default: runs/<method>].",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A YAML config [default: the method's own preset].",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@_skip_damaged_option("fine-tune on the others (sets data.skip_damaged)")
+@click.argument("overrides", nargs=-1)
+def finetune_(
+    method: str,
+    checkpoint: str,
+    data: str,
+    out: str | None,
+    config_file: Path | None,
+    resume: bool,
+    skip_damaged: bool,
+    overrides: tuple[str, ...],
+) -> None:
+    """Fine-tune a trained policy on recorded corrections; the result is an ordinary checkpoint
+    for `il eval` and `il deploy`. OVERRIDES are key=value, e.g. train.steps=2000
+    model.intervention_share=1."""
+    from il.data.store import StoreError
+    from il.train import ConfigError, finetune_config, load_config
+
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not key=value (e.g. train.steps=2000)")
+    extra = [*overrides, f"data.path={data}"]
+    if out is not None:
+        extra.append(f"out={out}")
+    if skip_damaged:
+        extra.append("data.skip_damaged=true")
+    try:
+        saved = Path(out or f"runs/{method}") / "config.yaml"
+        if resume and saved.exists():
+            config = load_config(method, saved, extra)
+        else:
+            preset = config_file or _default_config(method)
+            config = finetune_config(method, checkpoint, preset, extra)
+        _run_training(config, resume)
+    except (ConfigError, StoreError, OSError) as e:
+        raise UserError(str(e)) from None
 
 
 def _default_config(policy: str) -> Path | None:

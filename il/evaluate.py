@@ -19,6 +19,7 @@ person reviewing a rollout sees what the policy meant to do beside what it did.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -67,6 +68,8 @@ class EpisodeResult:
     success: bool
     length: int
     """Steps taken; the episode ends at the first success."""
+    interventions: int = 0
+    """Steps an intervener (`il.interventions`) chose instead of the policy."""
 
 
 @dataclass
@@ -81,6 +84,10 @@ class TaskResult:
     @property
     def mean_length(self) -> float:
         return float(np.mean([e.length for e in self.episodes])) if self.episodes else 0.0
+
+    @property
+    def interventions(self) -> int:
+        return sum(e.interventions for e in self.episodes)
 
 
 @dataclass
@@ -111,6 +118,11 @@ class EvalReport:
     def steps_per_second(self) -> float:
         return self.steps / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def interventions(self) -> int:
+        """Steps chosen by the intervener, over every episode."""
+        return sum(t.interventions for t in self.tasks)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "suite": self.suite,
@@ -120,11 +132,13 @@ class EvalReport:
             "seconds": self.seconds,
             "steps": self.steps,
             "steps_per_second": self.steps_per_second,
+            "interventions": self.interventions,
             "videos": self.videos,
             "tasks": {
                 t.task: {
                     "success_rate": t.success_rate,
                     "mean_length": t.mean_length,
+                    "interventions": t.interventions,
                     "variations": [e.variation for e in t.episodes],
                     "episodes": [asdict(e) for e in t.episodes],
                 }
@@ -167,6 +181,10 @@ class _Job:
     video_dir: str | None
     video_episodes: int
     video_size: int
+    intervener: Any = None
+    """A picklable `il.interventions.Interveners`, or None: the policy chooses every step."""
+    recording: bool = False
+    """Return every episode's steps, for the parent to commit to a store."""
 
 
 class _Kept:
@@ -177,6 +195,7 @@ class _Kept:
         self.envs: dict[tuple[str, bool], Any] = {}
         self.policies: dict[str, Policy] = {}
         self.factory: PolicyFactory | None = None
+        self.interveners: dict[str, Any] = {}
 
     def env(self, job: _Job, filming: bool) -> Any:
         key = (job.task.name, filming)
@@ -197,11 +216,19 @@ class _Kept:
             self.policies[job.task.name] = self.factory(job.task)
         return self.policies[job.task.name]
 
+    def intervener(self, job: _Job) -> Any:
+        if job.intervener is None:
+            return None
+        if job.task.name not in self.interveners:
+            self.interveners[job.task.name] = job.intervener(job.task)
+        return self.interveners[job.task.name]
+
     def close(self) -> None:
         for env in self.envs.values():
             env.close()
         self.envs.clear()
         self.policies.clear()
+        self.interveners.clear()
         self.factory = None
 
 
@@ -209,12 +236,19 @@ _kept = _Kept()
 """A worker process's envs and policies: a pool serves one evaluation and ends with it."""
 
 
-def _run_job(job: _Job, kept: _Kept | None = None) -> tuple[list[EpisodeResult], int, list[str]]:
+Recorded = tuple[dict[str, np.ndarray], dict[str, Any]]
+"""One episode's per-step arrays and its episode metadata, for `DemoStore.add_episode`."""
+_JobOutput = tuple[list[EpisodeResult], int, list[str], list[Recorded]]
+
+
+def _run_job(job: _Job, kept: _Kept | None = None) -> _JobOutput:
     """Run the job's episodes one after the other in the process's env of its task."""
     kept = kept or _kept
     policy = kept.policy(job)
+    intervener = kept.intervener(job)
     results: list[EpisodeResult] = []
     videos: list[str] = []
+    recorded: list[Recorded] = []
     total_steps = 0
     for episode in job.episodes:
         seed = job.seed + episode
@@ -222,28 +256,55 @@ def _run_job(job: _Job, kept: _Kept | None = None) -> tuple[list[EpisodeResult],
         env = kept.env(job, filming)
         obs, _ = env.reset(seed=seed)
         policy.reset(seed=seed)
+        if intervener is not None:
+            intervener.begin(env, seed)
         frames = [env.render()] if filming else []
-        length, done = 0, False
+        steps: dict[str, list[np.ndarray]] = {}
+        length, interventions, done = 0, 0, False
         while not done:
-            obs, _, terminated, truncated, info = env.step(policy.act(obs))
+            if intervener is None:
+                action, chosen = policy.act(obs), {}
+            else:
+                action, chosen = intervener.act(policy, env, obs)
+                interventions += bool(chosen["intervention"])
+            if job.recording:
+                for key, value in [*obs.items(), ("action", np.asarray(action, np.float32))]:
+                    name = key if key == "action" else f"obs/{key}"
+                    steps.setdefault(name, []).append(np.asarray(value))
+                for key, value in chosen.items():
+                    steps.setdefault(key, []).append(np.asarray(value))
+            obs, reward, terminated, truncated, info = env.step(action)
+            if job.recording:
+                steps.setdefault("reward", []).append(np.float32(reward))
+                steps.setdefault("success", []).append(np.bool_(info["success"]))
             length += 1
             if filming:
                 frames.append(caption_frame(env.render(), intermediate_caption(policy)))
             done = terminated or truncated or info["success"]
         total_steps += length
-        results.append(
-            EpisodeResult(
-                task=job.task.name,
-                episode=episode,
-                seed=seed,
-                variation=int(env.variation),
-                success=bool(info["success"]),
-                length=length,
-            )
+        result = EpisodeResult(
+            task=job.task.name,
+            episode=episode,
+            seed=seed,
+            variation=int(env.variation),
+            success=bool(info["success"]),
+            length=length,
+            interventions=interventions,
         )
+        results.append(result)
+        if job.recording:
+            meta = {
+                "task": job.task.name,
+                "instruction": job.task.instruction,
+                "success": result.success,
+                "seed": seed,
+                "source": "intervention" if interventions else "policy",
+                "variation": result.variation,
+            }
+            recorded.append(({k: np.stack(v) for k, v in steps.items()}, meta))
         if filming:
             videos.append(_write_video(job.video_dir, job.task.name, episode, frames))
-    return results, total_steps, videos
+    return results, total_steps, videos, recorded
 
 
 def intermediate_caption(policy: Any) -> tuple[str, bool] | None:
@@ -324,11 +385,19 @@ def evaluate(
     video_episodes: int = 1,
     video_size: int = 224,
     on_episode: Callable[[], None] | None = None,
+    intervener: Any = None,
+    record: tuple[str | os.PathLike, Any] | None = None,
 ) -> EvalReport:
     """Success per task over `episodes_per_task` seeded episodes, with `workers` processes.
     The result does not depend on `workers`: an episode's seed fixes its variation and seeds the
     policy's sampling, whichever process runs it. `obs` and `max_episode_steps` default to the
-    family's (`envs.defaults`)."""
+    family's (`envs.defaults`).
+
+    `intervener` (`il.interventions.Interveners`): a simulated person who may choose some steps
+    instead of the policy; each episode counts the steps it chose. `record` (a store path and
+    its `StoreSchema`, see `il.interventions.rollout_schema`): commit every episode there as it
+    finishes, so an interrupted evaluation keeps what it rolled out; run again, it plays only
+    the episodes the store lacks and reports those it holds from the store."""
     if isinstance(suite, str):
         suite = envs.suite(suite)
     family = envs.family_of(suite.name)
@@ -344,49 +413,72 @@ def evaluate(
     }
     if any(k.startswith("image/") for k in obs):  # envs without cameras take no image size
         env_kwargs["image_size"] = image_size
-    blocks = _episode_blocks(len(suite.tasks), episodes_per_task, workers)
-    jobs = [
-        _Job(
-            suite.name,
-            type(suite),
-            task,
-            tuple(block),
-            seed,
-            env_kwargs,
-            dict(family.video_options),
-            policy_factory,
-            None if video_dir is None else str(video_dir),
-            video_episodes,
-            video_size,
-        )
-        for block in blocks  # block-major: every task is under way early, for the progress bar
-        for task in suite.tasks
-    ]
     report = on_episode or (lambda: None)
-    start = time.perf_counter()
-    outputs: list[tuple[list[EpisodeResult], int, list[str]]] = []
-    if workers == 1:
-        kept = _Kept()
-        try:
-            for job in jobs:
-                outputs.append(_run_job(job, kept))
-                for _ in job.episodes:
-                    report()
-        finally:
-            kept.close()
-    else:
-        ctx = mp.get_context("spawn")
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_run_job, job): job for job in jobs}
-            for future in cf.as_completed(futures):
-                outputs.append(future.result())
-                for _ in futures[future].episodes:
-                    report()
-    seconds = time.perf_counter() - start
+    with contextlib.ExitStack() as stack:
+        store, held = None, {}
+        if record is not None:
+            from il.data.store import DemoStore
+
+            store = stack.enter_context(DemoStore.open_or_create(*record))
+            held = _held_episodes(store, seed)
+        blocks = _episode_blocks(len(suite.tasks), episodes_per_task, workers)
+        jobs = [
+            _Job(
+                suite.name,
+                type(suite),
+                task,
+                episodes,
+                seed,
+                env_kwargs,
+                dict(family.video_options),
+                policy_factory,
+                None if video_dir is None else str(video_dir),
+                video_episodes,
+                video_size,
+                intervener,
+                store is not None,
+            )
+            for block in blocks  # block-major: every task is under way early, for progress
+            for task in suite.tasks
+            if (episodes := tuple(k for k in block if (task.name, k) not in held))
+        ]
+        for _ in held:
+            report()
+
+        def commit(output: _JobOutput) -> None:
+            if store is not None:
+                for arrays, meta in output[3]:
+                    store.add_episode(arrays, **meta, task_seed=suite.task_seed)
+
+        start = time.perf_counter()
+        outputs: list[_JobOutput] = []
+        if workers == 1:
+            kept = _Kept()
+            try:
+                for job in jobs:
+                    outputs.append(_run_job(job, kept))
+                    commit(outputs[-1])
+                    for _ in job.episodes:
+                        report()
+            finally:
+                kept.close()
+        else:
+            ctx = mp.get_context("spawn")
+            with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                futures = {pool.submit(_run_job, job): job for job in jobs}
+                for future in cf.as_completed(futures):
+                    outputs.append(future.result())
+                    commit(outputs[-1])
+                    for _ in futures[future].episodes:
+                        report()
+        seconds = time.perf_counter() - start
     by_task = {t.name: TaskResult(t.name) for t in suite.tasks}
     steps = 0
     videos: list[str] = []
-    for results, n_steps, job_videos in outputs:
+    for (task, _), result in held.items():
+        if task in by_task and result.episode < episodes_per_task:
+            by_task[task].episodes.append(result)
+    for results, n_steps, job_videos, _ in outputs:
         steps += n_steps
         videos += job_videos
         for r in results:
@@ -402,6 +494,27 @@ def evaluate(
         videos=sorted(videos),
         task_seed=suite.task_seed,
     )
+
+
+def _held_episodes(store: Any, seed: int) -> dict[tuple[str, int], EpisodeResult]:
+    """The episodes a recording store holds already, as results, by (task, episode number)."""
+    meta = store.episode_meta()
+    lengths = np.diff(np.concatenate([[0], store.episode_ends]))
+    keys = ["intervention"] if "intervention" in store.schema.keys else []
+    held = {}
+    for i in range(store.num_episodes):
+        steps = store.read_episode(i, keys) if keys else {}
+        episode = int(meta["seed"][i]) - seed
+        held[(str(meta["task"][i]), episode)] = EpisodeResult(
+            task=str(meta["task"][i]),
+            episode=episode,
+            seed=int(meta["seed"][i]),
+            variation=int(meta["variation"][i]),
+            success=bool(meta["success"][i]),
+            length=int(lengths[i]),
+            interventions=int(np.sum(steps.get("intervention", 0))),
+        )
+    return held
 
 
 class CheckpointPolicies:
@@ -491,6 +604,8 @@ def evaluate_checkpoint(
     task_seed: int | None = None,
     act_ahead: int = 0,
     acting: Sequence[str] = (),
+    intervene: tuple[str, Any] | None = None,
+    record: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> EvalReport:
     """Evaluate a checkpoint in the env it describes: its suite (or `suite`), its observation
@@ -498,7 +613,9 @@ def evaluate_checkpoint(
     variations. `task_seed`: the benchmark seed of the variations (default: its
     demonstrations'; another one evaluates on variations it never saw). `act_ahead`: roll out
     as a deployment with `Policy.set_act_ahead` would. `acting`: `model.key=value` changes to
-    how it acts (see `load_policy`)."""
+    how it acts (see `load_policy`). `intervene`: an intervener's name and its
+    `InterveneSpec` (see `il.interventions`); `record`: a store to commit every episode to."""
+    from il.interventions import Interveners, rollout_schema
     from il.policies.base import resolve_checkpoint
     from il.policies.registry import check_acts, load_policy
     from robots.action import check_actions
@@ -525,4 +642,9 @@ def evaluate_checkpoint(
     if env.get("max_episode_steps"):  # else the family's
         kwargs.setdefault("max_episode_steps", int(env["max_episode_steps"]))
     kwargs.setdefault("policy_name", " ".join([f"{policy.name} ({folder})", *acting]))
-    return evaluate(chosen, CheckpointPolicies(folder, act_ahead, acting), **kwargs)
+    interveners = None if intervene is None else Interveners(*intervene, policy)
+    if record is not None:
+        kwargs["record"] = (record, rollout_schema(policy.spec, chosen, interveners, str(folder)))
+    return evaluate(
+        chosen, CheckpointPolicies(folder, act_ahead, acting), intervener=interveners, **kwargs
+    )

@@ -51,7 +51,7 @@ __all__ = [
     "correction_phrase",
 ]
 
-CORRECTABLE = ("rth",)
+CORRECTABLE = ("rth", "rth-intervene")
 """The methods whose policies take language corrections: their intermediate output is a
 language motion (`intermediate_name == "language_motion"`). Kept as a table so that a message
 naming them imports no method; a test checks it against the methods themselves."""

@@ -18,8 +18,10 @@ the end of the first step on, so a run that fails before that leaves no folder b
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import dataclasses
 import math
 import os
 import random
@@ -41,7 +43,7 @@ from il.data.normalize import Normalizer
 from il.data.sampler import WindowSampler, intact, select_episodes, split_episodes, window_spec
 from il.data.store import DemoStore, StoreError
 from il.policies import registry, text
-from il.policies.base import DataSpec, Policy
+from il.policies.base import CheckpointError, DataSpec, Policy
 
 __all__ = ["ConfigError", "RunConfig", "TrainConfig", "load_config", "train"]
 
@@ -129,6 +131,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: Any = None
+    init: str | None = None
+    """A checkpoint to start from (`il finetune`): its weights, and its spec and normalizer, so
+    the fine-tuned policy reads observations and tasks as the one it starts from."""
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -141,7 +146,11 @@ def policy_class(name: str) -> type[Policy]:
 
 
 def load_config(
-    policy: str | None, yaml_path: str | Path | None = None, overrides: Sequence[str] = ()
+    policy: str | None,
+    yaml_path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    base: DictConfig | None = None,
 ) -> RunConfig:
     """Defaults of `policy`, then the YAML file, then `key=value` overrides; typo-proof: an
     unknown key or a value of the wrong type is a `ConfigError` naming it.
@@ -155,7 +164,7 @@ def load_config(
         policy = str(named) if named is not None else "bc"
     elif named is not None and named != policy:
         raise ConfigError(f"{yaml_path} is a config for policy {named!r}, not {policy!r}")
-    base = _schema(policy)
+    base = _schema(policy) if base is None else base
     try:
         if loaded is not None:
             base = OmegaConf.merge(base, loaded)
@@ -175,6 +184,44 @@ def check_run_config(config: RunConfig) -> None:
         check_limits(config)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def finetune_config(
+    method: str,
+    checkpoint: str | Path,
+    yaml_path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> RunConfig:
+    """A fine-tune's config: method `method` starting from `checkpoint`, whose model config
+    (which its weights need) and observation keys it takes; then the YAML, then overrides, as
+    `load_config` reads them. The method must fine-tune the checkpoint's method."""
+    from il.policies.base import read_description, resolve_checkpoint
+
+    cls = policy_class(method)
+    try:
+        folder = resolve_checkpoint(checkpoint)
+        description = read_description(folder)
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
+    started = str(description.get("policy"))
+    if not cls.finetunes:
+        raise ConfigError(
+            f"{method} does not fine-tune a checkpoint; choose one of "
+            f"{', '.join(n for n in registry.method_names() if policy_class(n).finetunes)}"
+        )
+    if started != cls.finetunes:
+        raise ConfigError(f"{method} fine-tunes a {cls.finetunes} policy; {folder} holds {started}")
+    start = [
+        f"init={folder}",
+        f"data.obs=[{','.join(description['spec']['obs_shapes'])}]",
+        f"out=runs/{method}",
+    ]
+    base = _schema(method)
+    known = set(base.model.keys())
+    model = {k: v for k, v in description["config"].items() if k in known}
+    base = OmegaConf.merge(base, {"model": model})
+    config = load_config(method, yaml_path, [*start, *overrides], base=base)
+    return config
 
 
 def _schema(policy: str) -> DictConfig:
@@ -224,7 +271,53 @@ class TrainingData:
     val_tasks: np.ndarray | None
 
 
-def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
+@dataclass(frozen=True)
+class StartingPoint:
+    """The checkpoint a fine-tune starts from: where, its spec and normalizer."""
+
+    folder: Path
+    spec: DataSpec
+    normalizer: Normalizer
+    policy: str
+
+
+def starting_point(config: RunConfig) -> StartingPoint | None:
+    """`config.init` read (spec and normalizer, not yet the weights), or None; a method that
+    fine-tunes another's checkpoints (`Policy.finetunes`) needs one, of that method."""
+    cls = policy_class(config.policy)
+    if config.init is None:
+        if cls.finetunes:
+            raise ConfigError(
+                f"{cls.name} fine-tunes a trained {cls.finetunes} policy: il finetune --method "
+                f"{cls.name} --checkpoint RUN --data STORE"
+            )
+        return None
+    from il.policies.base import read_description, resolve_checkpoint
+
+    try:
+        folder = resolve_checkpoint(config.init)
+        description = read_description(folder)
+    except CheckpointError as e:
+        raise ConfigError(f"init: {e}") from None
+    started = str(description.get("policy"))
+    if started not in {cls.finetunes or cls.name, cls.name}:
+        raise ConfigError(
+            f"{cls.name} starts from a {cls.finetunes or cls.name} checkpoint; {folder} holds "
+            f"{started}"
+        )
+    return StartingPoint(
+        folder,
+        DataSpec(**description["spec"]),
+        Normalizer.from_json(description["normalizer"]),
+        started,
+    )
+
+
+def prepare_data(
+    config: RunConfig, policy_config: Any, start: StartingPoint | None = None
+) -> TrainingData:
+    """The run's samplers, spec and normalizer; a fine-tune (`start`) keeps its checkpoint's
+    spec and normalizer and reads the store's tasks in that checkpoint's order."""
     try:
         store = DemoStore.open(config.data.path)
     except StoreError as e:
@@ -263,6 +356,8 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
     source_tasks = store.schema.source.get("tasks")
     if source_tasks and set(tasks) <= set(source_tasks):
         tasks = [t for t in source_tasks if t in set(tasks)]
+    if start is not None:
+        tasks = _starting_tasks(start, tasks, config.data.path)
     task_of_episode = np.array([tasks.index(t) if t in tasks else -1 for t in episode_task])
     instruction_of = {
         str(t): str(i) for t, i in zip(meta["task"], meta["instruction"], strict=True)
@@ -302,6 +397,8 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
             if f"{key}_vocabulary" in source
         },
     )
+    if start is not None:
+        spec = _starting_spec(start, spec, config.data.path)
     if config.data.memory_gb < 0:
         raise ConfigError(f"data.memory_gb must be 0 or more, not {config.data.memory_gb}")
     memory = int(config.data.memory_gb * 2**30)
@@ -318,7 +415,10 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
     except StoreError as e:
         raise ConfigError(str(e)) from None
     assert train_sampler is not None
-    normalizer = Normalizer.from_store(store, modes, train_sampler.episodes)
+    if start is not None:
+        normalizer = start.normalizer  # the weights learnt on these scales
+    else:
+        normalizer = Normalizer.from_store(store, modes, train_sampler.episodes)
     return TrainingData(
         spec,
         normalizer,
@@ -326,6 +426,36 @@ def prepare_data(config: RunConfig, policy_config: Any) -> TrainingData:
         val_sampler,
         task_of_episode[train_sampler.window_episodes],
         None if val_sampler is None else task_of_episode[val_sampler.window_episodes],
+    )
+
+
+def _starting_tasks(start: StartingPoint, tasks: list[str], path: str) -> list[str]:
+    """A fine-tune's task order: its checkpoint's, which the task inputs were learnt in."""
+    trained = start.spec.env.get("tasks") or start.spec.tasks
+    unknown = [t for t in tasks if trained and t not in trained]
+    if unknown:
+        raise ConfigError(
+            f"{path} holds episodes of {', '.join(unknown[:3])}, which {start.folder} was not "
+            f"trained on; keep its tasks with data.tasks=[...]"
+        )
+    return list(trained) if trained else tasks
+
+
+def _starting_spec(start: StartingPoint, spec: DataSpec, path: str) -> DataSpec:
+    """The checkpoint's spec, once the store is seen to fit it; the store's vocabularies are
+    added to its own, for a method to check that its labels mean what the checkpoint's do."""
+    if spec.obs_shapes != start.spec.obs_shapes or spec.action_dim != start.spec.action_dim:
+        raise ConfigError(
+            f"{path} holds observations {spec.obs_shapes} and {spec.action_dim}-D actions; "
+            f"{start.folder} was trained on {start.spec.obs_shapes} and "
+            f"{start.spec.action_dim}-D actions"
+        )
+    if spec.action and start.spec.action and spec.action != start.spec.action:
+        raise ConfigError(
+            f"{path} holds actions of another convention than {start.folder} was trained on"
+        )
+    return dataclasses.replace(
+        start.spec, vocabularies={**spec.vocabularies, **start.spec.vocabularies}
     )
 
 
@@ -482,18 +612,25 @@ def train(
         )
     _seed_everything(tc.seed + dist_info.rank)
     cls = policy_class(config.policy)
-    data = prepare_data(config, config.model)
+    start_from = starting_point(config)
+    data = prepare_data(config, config.model, start_from)
     if tc.eval_every > 0 and cls.cannot_act:
         raise ConfigError(f"train.eval_every: a {cls.name} run cannot act: {cls.cannot_act}")
     try:
-        policy = cls(config.model, data.spec, data.normalizer).to(device)
-        if not resume:
+        with text.from_checkpoint() if start_from else contextlib.nullcontext():
+            policy = cls(config.model, data.spec, data.normalizer).to(device)
+        if start_from is not None:
+            registry.load_weights(policy, start_from.folder)
+            policy.on_finetune_start()  # e.g. freeze all but the part it fine-tunes
+        elif not resume:
             policy.on_train_start()  # e.g. load pretrained weights; a resumed run has its own
+    except CheckpointError as e:
+        raise ConfigError(f"init: {e}") from None
     except (ValueError, text.TextModelMissing) as e:
         named = str(e).startswith("model.")  # the message names its key already
         raise ConfigError(str(e) if named else f"model: {e}") from None
     ema = EMA(policy, tc.ema_decay) if tc.ema_decay > 0 else None
-    params = list(policy.parameters())
+    params = [p for p in policy.parameters() if p.requires_grad]
     # The fused kernel updates every tensor in one pass: on a CPU the per-tensor loop of the
     # default implementation cost as much as the MLP's forward and backward passes.
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=True)

@@ -450,7 +450,7 @@ def test_only_a_policy_with_a_language_motion_takes_corrections(bc_run):
     assert "\n" not in message
     assert message == (
         "a bc policy has no language motion to correct; policies that take language "
-        "corrections: rth"
+        "corrections: rth, rth-intervene"
     )
     takers = {
         name
@@ -479,7 +479,8 @@ def test_deploy_refuses_corrections_it_cannot_take_in_one_line(bc_run, rth_run, 
         il("deploy", "--checkpoint", str(bc_run), *robot, "--correct", "keyboard")
     )
     assert "--correct: a bc policy has no language motion to correct" in line
-    assert "take language corrections: rth" in line and "--teleop instead" in line
+    assert "take language corrections: rth, rth-intervene" in line
+    assert "--teleop instead" in line
     both = ["--teleop", "keyboard", "--correct", "keyboard"]
     line = one_line_error(il("deploy", "--checkpoint", str(rth_run), *robot, *both))
     assert "give --teleop (take over the arm) or --correct" in line

@@ -22,6 +22,7 @@ EXPERIMENTS: dict[str, str] = {
     "pc-maze": "il.methods.procedure_cloning.pc_maze",
     "pc-metaworld": "il.methods.procedure_cloning.pc_metaworld",
     "id-door": "il.methods.id_pretraining.id_door",
+    "rth": "il.methods.rth.rth_experiment",
 }
 """Name → module. Each module's docstring is its description."""
 

@@ -12,5 +12,6 @@ first use: nothing imports a method it does not run.
 - `id_pretraining` — inverse-dynamics pretraining of an image encoder (Brandfonbrener et al.
   2023) and few-shot imitation over it.
 - `rth` — RT-H (Belkhale et al. 2024): a language motion predicted between the observation and
-  the action, readable and overridable while the policy acts.
+  the action, readable and overridable while the policy acts; the corrections in words, the
+  fine-tune of its motion head on them and the flat IWR baseline.
 """

@@ -100,6 +100,9 @@ class Policy(nn.Module):
     preset: ClassVar[str] = ""
     """A YAML file beside the method's module that `il train --policy <name>` starts from when
     `configs/<name>.yaml` does not exist (e.g. the maze methods' shared settings)."""
+    finetunes: ClassVar[str] = ""
+    """The method whose checkpoints this one fine-tunes (`il finetune --method`), where it
+    cannot start from scratch: it builds that method's networks and loads its weights."""
     cannot_act: ClassVar[str] = ""
     """Why a checkpoint of this method is not for rolling out, e.g. a pretrained encoder (empty:
     it acts). Evaluation and deployment refuse such a checkpoint in one line before they start."""
@@ -157,6 +160,12 @@ class Policy(nn.Module):
         """Called once by `il.train.train` on a fresh run, after the policy is built and before
         the first step (not on resume: the weights then come from the run's own state). A
         method that starts from other weights (a pretrained encoder) loads them here."""
+
+    def on_finetune_start(self) -> None:
+        """Called by `il.train.train` on a fine-tune (`il finetune`), after the starting
+        checkpoint's weights are loaded (and on its resume, before the run's own state replaces
+        them): a method that trains only part of the policy sets `requires_grad` off on the
+        rest here, and only what still requires it is optimised."""
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         # `loss` through `__call__`, so DistributedDataParallel and torch.compile see it.

@@ -63,13 +63,21 @@ class BCConfig(ObservationConfig):
 
 
 def chunk_mse(
-    prediction: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    is_pad: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean squared error of predicted action chunks `(b, horizon, action_dim)` over the steps
-    that are not padding past an episode's end (`is_pad`, `b horizon`), and its metrics."""
+    that are not padding past an episode's end (`is_pad`, `b horizon`), and its metrics.
+    `weights` (b): a weighted mean of each sample's error instead (they need not sum to 1)."""
     valid = (~is_pad).unsqueeze(-1).to(prediction.dtype)  # b h 1
     error = (prediction - target) ** 2 * valid
-    loss = error.sum() / (valid.sum() * target.shape[-1]).clamp(min=1)
+    if weights is None:
+        loss = error.sum() / (valid.sum() * target.shape[-1]).clamp(min=1)
+    else:
+        per_sample = error.sum((1, 2)) / (valid.sum((1, 2)) * target.shape[-1]).clamp(min=1)
+        loss = (weights * per_sample).sum() / weights.sum().clamp(min=1e-12)
     first = ((prediction[:, 0] - target[:, 0]) ** 2).mean()
     return loss, {"mse": float(loss.detach()), "mse_first_action": float(first.detach())}
 
@@ -135,16 +143,23 @@ class BCPolicy(Policy):
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         obs = self.training_observations(batch)
         target = self.normalize("action", batch["action"].float())
+        weights = self.sample_weights(batch)
         if self.config.head == "gmm":
-            return self._gmm_loss(obs, batch, target)
+            return self._gmm_loss(obs, batch, target, weights)
         prediction = self.predict_chunk(obs, batch["task"])
-        return chunk_mse(prediction, target, batch["action_is_pad"])
+        return chunk_mse(prediction, target, batch["action_is_pad"], weights)
+
+    def sample_weights(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """How much each sample of `batch` counts (b), or None: all alike. A fine-tune that
+        weighs a person's corrections above the policy's own steps says so here."""
+        return None
 
     def _gmm_loss(
         self,
         obs: Mapping[str, torch.Tensor],
         batch: Mapping[str, torch.Tensor],
         target: torch.Tensor,
+        weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         logits, means, std = self.mixture(obs, batch["task"])
         logits, means, std = logits.float(), means.float(), std.float()
@@ -155,7 +170,10 @@ class BCPolicy(Policy):
         log_density = -0.5 * ((x - means) / std) ** 2 - std.log() - 0.9189385332046727
         per_mode = (log_density * valid).sum(-1) + F.log_softmax(logits, dim=-1)
         nll = -torch.logsumexp(per_mode, dim=-1) / valid.sum((1, 2)).clamp(min=1)
-        loss = nll.mean()
+        if weights is None:
+            loss = nll.mean()
+        else:
+            loss = (weights * nll).sum() / weights.sum().clamp(min=1e-12)
         with torch.no_grad():
             best = means[torch.arange(len(logits), device=logits.device), logits.argmax(-1)]
             mse = (((best - x[:, 0]) ** 2) * valid[:, 0]).sum() / valid.sum().clamp(min=1)

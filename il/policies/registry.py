@@ -27,6 +27,7 @@ __all__ = [
     "UnknownMethod",
     "check_acts",
     "load_policy",
+    "load_weights",
     "method_names",
     "policy_class",
     "preset",
@@ -44,6 +45,8 @@ METHODS: dict[str, str] = {
     "encoder-pretraining": "il.methods.id_pretraining.objectives:EncoderPretraining",
     "pretrained-bc": "il.methods.id_pretraining.policy:PretrainedBCPolicy",
     "rth": "il.methods.rth.policy:RTHPolicy",
+    "rth-intervene": "il.methods.rth.intervene:RTHInterventionPolicy",
+    "flat-iwr": "il.methods.rth.iwr:IWRPolicy",
 }
 """Method name → `module:Class` of its policy, imported on first use."""
 
@@ -114,8 +117,6 @@ def load_policy(
     `acting`: `model.key=value` items for the fields that change how it acts and not its
     weights (e.g. `model.n_action_steps=4`), to try a trained policy another way without
     training it again."""
-    from safetensors.torch import load_file
-
     from il.data.normalize import Normalizer
     from il.policies import text
     from il.policies.base import (
@@ -148,6 +149,17 @@ def load_policy(
         if not acting:
             raise
         raise CheckpointError(f"{' '.join(acting)}: {e}") from None
+    load_weights(policy, directory)
+    return policy.to(device).eval()
+
+
+def load_weights(policy: Policy, directory: Path) -> None:
+    """The weights of the checkpoint `directory` into `policy`, which must have been built with
+    its config and spec (a `CheckpointError` in one line where they do not fit)."""
+    from safetensors.torch import load_file
+
+    from il.policies.base import CheckpointError
+
     try:
         state = load_file(str(directory / "model.safetensors"))
     except Exception as e:  # safetensors raises several types for a damaged file
@@ -158,4 +170,3 @@ def load_policy(
             f"{directory}: weights do not fit the policy (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}); the checkpoint and policy.json disagree"
         )
-    return policy.to(device).eval()

@@ -12,6 +12,14 @@ What lives here:
   sentence embedding, either BC's MLP regression or Diffusion Policy's U-Net.
 - `rth.yaml` — the preset `il train --policy rth` starts from (BC action head, from state);
   `rth_diffusion.yaml` extends it with the denoising action head.
+- `corrections` — the simulated person of the paper's protocol, as `il eval --intervene`
+  interveners: `expert-motion` corrects an `rth` policy in words, `expert-takeover` has the
+  expert's actions replace a flat policy's.
+- `intervene` — `rth-intervene`: fine-tunes an `rth` checkpoint's motion head alone on recorded
+  corrections (`il finetune`; preset `rth_intervene.yaml`).
+- `iwr` — `flat-iwr`: the flat baseline, a BC checkpoint fine-tuned on takeovers with
+  intervention-weighted regression (preset `flat_iwr.yaml`).
+- `rth_experiment` — `il experiment rth`: RT-H against flat BC with the same backbone.
 
 The labels it learns from are per-step indices `language_motion` into the store's attrs
 `source.language_motion_vocabulary`, derived from the hand's own motion
