@@ -33,7 +33,7 @@ from il.sources import (
     NotCorrectable,
     correction_phrase,
 )
-from il.train import train
+from il.train import finetune_config, train
 from robots.base import Teleop, TeleopEvent, TeleopState
 from robots.safety import SafeRobot, SafetyConfig
 from robots.sim import SIM_SAFETY, SimArm
@@ -100,15 +100,22 @@ def corrected_session(
 ) -> SessionReport:
     """One deploy episode of `policy` on the simulated reach arm, corrected from `teleop` and
     recorded into a new store at `store_path`; it ends when the operator quits."""
-    safe = sim_arm()
+    arm = SimArm("metaworld/reach-v3")
+    safe = SafeRobot(arm, SafetyConfig.from_dict(SIM_SAFETY))
     with safe:
-        source = CorrectionSource(policy, task="reach-v3")
+        source = CorrectionSource(policy)  # acts for the session's task, as il deploy's does
         schema = source.store_schema(robot_schema(safe, [], {}))
         with DemoStore.create(store_path, schema) as store:
             teleop.connect()
             try:
                 session = Session(
-                    safe, hz=hz, source=source, teleop=teleop, store=store, on_status=on_status
+                    safe,
+                    hz=hz,
+                    source=source,
+                    teleop=teleop,
+                    store=store,
+                    task=arm.task,
+                    on_status=on_status,
                 )
                 report = session.run(episodes=1, max_steps=1_000_000)
             finally:
@@ -258,6 +265,16 @@ def test_held_keys_correct_the_policy_while_held(rth_run, display, tmp_path, mon
     predicted = ep["predicted_motion"]  # the policy's own phrase, corrected or not
     assert ((predicted >= 0) & (predicted < len(vocabulary))).all()
     assert report.from_source["corrected_steps"] == int(marked.sum()) == report.intervention_steps
+    # what the person said is what rth-intervene learns from
+    config = finetune_config(
+        "rth-intervene",
+        rth_run,
+        None,
+        [f"data.path={out}", f"out={tmp_path / 'ft'}", "train.steps=5", "train.warmup_steps=1",
+         "train.val_fraction=0", "train.threads=1", "train.log_every=5",
+         "data.only_success=false"],
+    )  # fmt: skip
+    assert load_policy(train(config)).name == "rth-intervene"
 
 
 def test_a_typed_phrase_holds_until_an_empty_line_clears_it(
