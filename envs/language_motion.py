@@ -45,6 +45,7 @@ __all__ = [
     "WINDOW",
     "WINDOW_SECONDS",
     "MotionLabelling",
+    "canonical_phrase",
     "floor_for",
     "label_action",
     "label_episode",
@@ -101,6 +102,12 @@ def _move_phrases() -> list[str]:
 
 VOCABULARY: tuple[str, ...] = (STOP, *_move_phrases(), CLOSE, OPEN)
 """Every phrase the labeler can return (29), in a fixed order: indices can be stored."""
+
+
+def canonical_phrase(phrase: str) -> str:
+    """A phrase as a person types it ("Move  Up") → as the vocabulary writes it ("move up"), so
+    the same words are one phrase whatever their case and spacing."""
+    return " ".join(phrase.lower().split())
 
 
 def _vector(delta: Sequence[float] | np.ndarray, name: str) -> np.ndarray:

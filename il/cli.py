@@ -564,7 +564,13 @@ def _print_session(report: Any, out: str | None, *, policy: bool) -> None:
         f"{report.discarded} discarded; {report.steps} steps at "
         f"{loop.get('achieved_hz', 0):.1f} Hz, "
         f"jitter p99 {loop.get('jitter_p99_ms', 0):.2f} ms, {loop.get('overruns', 0)} overruns"
-        + (f"; {report.intervention_steps} steps by the operator" if policy else "")
+        + (
+            f"; {report.from_source['corrected_steps']} steps corrected in words"
+            if "corrected_steps" in report.from_source
+            else f"; {report.intervention_steps} steps by the operator"
+            if policy
+            else ""
+        )
         + (
             f"; safety: {report.safety.get('rejections')}"
             if report.safety.get("rejections")
@@ -622,6 +628,15 @@ def _print_session(report: Any, out: str | None, *, policy: bool) -> None:
     "thread, so the loop never waits on the network (the policy then reacts that many steps "
     "later); for slow policies such as diffusion on a CPU.",
 )
+@click.option(
+    "--correct",
+    metavar="DEVICE",
+    default=None,
+    help="Correct the policy in words instead of taking over the arm, from this device "
+    "(keyboard, gamepad, spacemouse, or its YAML, as for --teleop): a held direction or "
+    "gripper key gives the policy that motion's phrase, t on the keyboard types one. For "
+    "policies that act through language motions (rth).",
+)
 @click.argument("acting", nargs=-1)
 def deploy(
     checkpoint: str,
@@ -637,23 +652,41 @@ def deploy(
     steps_after_success: int,
     image_size: int,
     act_ahead: int,
+    correct: str | None,
     acting: tuple[str, ...],
 ) -> None:
     """Run a policy on a robot through the safety filter; the operator can take over with
-    --teleop (those steps are marked as interventions) or stop at once. ACTING: model.key=value
-    changes to how the policy acts, as for il eval."""
+    --teleop (those steps are marked as interventions), correct an rth policy in words with
+    --correct (those steps are marked too, with the phrase), or stop at once. ACTING:
+    model.key=value changes to how the policy acts, as for il eval."""
     from il.rig import RigError, make_rig
+    from il.sources import CorrectionSource, NotCorrectable
 
+    if teleop is not None and correct is not None:
+        raise UserError(
+            "give --teleop (take over the arm) or --correct (correct the policy in words), not both"
+        )
+    device = correct or teleop
     try:
         rig = make_rig(
-            robot, cameras=camera, image_size=image_size, hz=hz, safety=safety, teleop=teleop
+            robot, cameras=camera, image_size=image_size, hz=hz, safety=safety, teleop=device
         )
         policy = rig.load_policy(checkpoint, act_ahead=act_ahead, acting=acting)
+        source = None
+        if correct is not None:
+            try:
+                source = CorrectionSource(policy)
+            except NotCorrectable as e:
+                raise UserError(
+                    f"--correct: {e}; the checkpoint {checkpoint} can be taken over with "
+                    "--teleop instead"
+                ) from None
         with _status_line() as show:
             report = rig.run(
-                policy=policy,
+                source,
+                policy=None if source is not None else policy,
                 out=out,
-                episodes=episodes or (None if teleop else 1),
+                episodes=episodes or (None if device else 1),
                 max_steps=max_episode_steps,
                 steps_after_success=steps_after_success,
                 on_disconnect=on_disconnect,

@@ -114,6 +114,8 @@ class Rig:
                 if out is not None:
                     sizes = {c.name: (c.intrinsics.width, c.intrinsics.height) for c in cameras}
                     schema = robot_schema(self.robot, cameras, sizes, self.hz)
+                    if source is not None:
+                        schema = source.store_schema(schema)
                     store = DemoStore.open_or_create(out, as_stored(out, schema))
                 session = Session(
                     self.robot,

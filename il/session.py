@@ -102,6 +102,8 @@ class SessionReport:
     episodes: list[dict[str, Any]] = field(default_factory=list)
     connection_lost: str | None = None
     """Why the session ended early: the robot stopped answering (None when it did not)."""
+    from_source: dict[str, Any] = field(default_factory=dict)
+    """What the action source counted (`ActionSource.summary`: a person's corrections)."""
 
     def lost_connection_message(self) -> str | None:
         """The one line a user sees when the robot stopped answering: why, and what became of
@@ -149,6 +151,7 @@ class Status:
             f"{self.hz:5.1f} Hz | overruns {self.overruns} | saved {self.saved}"
             + (f" (+{self.pending} saving)" if self.pending else "")
             + (" | OPERATOR" if self.intervening else "")
+            + (f" | {self.message}" if self.message else "")
         )
 
 
@@ -213,8 +216,14 @@ class Session:
         self.cameras = list(cameras)
         self.teleop = teleop
         self.source = source or _source_for(robot.action_spec, policy, teleop, task)
+        if isinstance(self.source, PolicySource) and not self.source.task:
+            self.source.task = task  # a policy acts for the robot's task unless told another
         if self.source.needs_teleop and teleop is None:
             raise ValueError(f"a {self.source.mode} session needs a teleop device")
+        if store is not None:
+            self.source.recording_into(store)
+        if self.source.takes_text and teleop is not None:
+            teleop.enable_typing()
         self.store = store
         self.task, self.instruction = task, instruction
         self.loop = RateLoop(hz)
@@ -307,6 +316,7 @@ class Session:
             "time/step": np.float64(wall_time),
             "intervention": np.bool_(intervened),
             "safety_limited": np.bool_(bool(result is not None and result.reasons)),
+            **self.source.step_entries(),
         }
 
     # --- episodes ------------------------------------------------------------------------------
@@ -333,6 +343,7 @@ class Session:
                     "success": episode.success,
                     "seed": episode.seed,
                     "source": self.source.label(),
+                    "store_source": self.source.store_attributes(),
                 },
             )
         if kept:
@@ -469,11 +480,13 @@ class Session:
         status.estopped = self.robot.estopped
         status.saved = self.report.saved
         status.pending = self._writer.pending if self._writer is not None else 0
+        status.message = self.source.status()
         self.on_status(status)
 
     def _close_writer(self) -> None:
         self.report.loop = self.loop.stats.summary()
         self.report.safety = self.robot.stats()
+        self.report.from_source = self.source.summary()
         if self._writer is not None:
             self._writer.close()
             self.report.save_seconds = list(self._writer.save_seconds)
@@ -482,10 +495,16 @@ class Session:
 
 def _saver(store: DemoStore) -> Callable[..., Any]:
     """What the background writer does with a finished episode: label it as the store says
-    (off the control loop) and commit it."""
+    (off the control loop), write the `source` attributes it needs (`store_source`: phrases
+    its corrections index) and commit it."""
     label = episode_labeller(store.schema)
 
-    def save(arrays: dict[str, np.ndarray], **meta: Any) -> Any:
+    def save(
+        arrays: dict[str, np.ndarray], *, store_source: Mapping[str, Any] | None = None, **meta: Any
+    ) -> Any:
+        changed = {k: v for k, v in (store_source or {}).items() if store.schema.source.get(k) != v}
+        if changed:
+            store.update_source(changed)
         return store.add_episode(label(arrays) if label is not None else arrays, **meta)
 
     return save

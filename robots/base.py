@@ -375,13 +375,22 @@ class TeleopState:
 
     `robot_action`, when set, is an action already in the driven robot's own convention and
     is sent instead of mapping `action`: a leader arm gives its follower joint targets, not a
-    twist."""
+    twist.
+
+    `gripper_held` says a gripper button (or trigger) is down now: with a toggle, the gripper
+    changed with this press, so a reading can say "close the gripper" for as long as the
+    operator holds it. A device the operator can type on (`Teleop.enable_typing`) gives the
+    lines entered since the last read in `typed` ("" for Enter on an empty line) and the line
+    being typed in `typing` (None while not typing)."""
 
     action: np.ndarray
     active: bool = False
     events: list[TeleopEvent] = field(default_factory=list)
     timestamp: float = 0.0
     robot_action: np.ndarray | None = None
+    gripper_held: bool = False
+    typed: list[str] = field(default_factory=list)
+    typing: str | None = None
 
 
 TWIST_DIM = 7
@@ -429,6 +438,12 @@ class Teleop(abc.ABC):
         """Whether the device can send episode events (start, stop, ...). Recording from one
         that cannot starts each episode at once and ends it after the step limit."""
         return True
+
+    def enable_typing(self) -> bool:
+        """Let the operator type lines of text (`TeleopState.typed`) from now on, where the
+        device has the keys for it; returns whether it has. Off until asked for: while the
+        operator types, keys are letters, not commands."""
+        return False
 
     @abc.abstractmethod
     def connect(self) -> None: ...

@@ -209,6 +209,45 @@ def test_keyboard_gripper_toggles_and_auto_repeat_is_one_press(keyboard, x_displ
     assert events + quiet_for(keyboard, 0.3) == [E.START]
 
 
+def test_keyboard_says_while_a_gripper_key_is_held(keyboard, x_display):
+    xdotool(x_display, "keydown", "space")
+    state, _ = poll(keyboard, lambda s, _: s.gripper_held)
+    assert state.action[6] == 1.0  # the press closed it
+    xdotool(x_display, "keyup", "space")
+    state, _ = poll(keyboard, lambda s, _: not s.gripper_held)
+    assert state.action[6] == 1.0  # still closed: a toggle
+
+
+def test_keyboard_types_a_line_only_where_the_session_reads_one(keyboard, x_display):
+    xdotool(x_display, "key", "t", "keydown", "w")  # no one asked for text: t does nothing
+    state, _ = poll(keyboard, lambda s, _: s.action[0] == 1.0)
+    assert state.typing is None and state.typed == []
+    xdotool(x_display, "keyup", "w")
+    poll(keyboard, lambda s, _: not s.active)
+
+    assert keyboard.enable_typing()
+    xdotool(x_display, "key", "t")
+    poll(keyboard, lambda s, _: s.typing == "")
+    # every key is a letter now: q does not quit, Return does not start, w does not move
+    xdotool(x_display, "type", "Go quickly wx")
+    xdotool(x_display, "key", "BackSpace")
+    state, events = poll(keyboard, lambda s, _: s.typing == "Go quickly w")
+    assert not state.active and not state.typed
+    xdotool(x_display, "key", "Return")
+    state, more = poll(keyboard, lambda s, _: s.typed == ["Go quickly w"])
+    assert state.typing is None and events + more + quiet_for(keyboard) == []
+
+    xdotool(x_display, "key", "t", "key", "Return")  # an empty line is a line too
+    poll(keyboard, lambda s, _: s.typed == [""])
+    # the emergency stop stops the arm while typing, and drops the line
+    xdotool(x_display, "key", "t", "key", "a", "key", "Escape")
+    state, events = poll(keyboard, lambda _, ev: E.ESTOP in ev)
+    assert events == [E.ESTOP] and state.typing is None and state.typed == []
+    xdotool(x_display, "key", "x")  # and then x is the reset again, not a letter
+    _, events = poll(keyboard, lambda _, ev: len(ev) >= 1)
+    assert events == [E.RESET]
+
+
 def test_keyboard_custom_key_map(x_display):
     teleop = KeyboardTeleop(keys={"k": "+vz", "m": "gripper_hold", "w": None}, scale=0.5)
     with teleop:

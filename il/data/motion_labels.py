@@ -19,7 +19,13 @@ recorded key is the hand and which the gripper, and which thresholds fit the arm
 
 The labels go to the per-step key `language_motion` (int16 indices into the attribute
 `source.language_motion_vocabulary`, -1 where a signal was not finite), and the settings to
-`source.language_motion_labels`, so a store says how it was labelled. Recorders label every
+`source.language_motion_labels`, so a store says how it was labelled. A phrase a person (or a
+program) gave in place of the policy's goes to `corrected_motion`, indices into
+`source.corrected_motion_vocabulary` (-1: that step was not corrected), which starts as the
+policy's phrases and grows by each new phrase before the first episode that uses it is saved;
+beside it, `predicted_motion` keeps the phrase the policy said itself at every step (indices
+into `source.predicted_motion_vocabulary`, the policy's), what learning from corrections
+compares them with. Recorders label every
 episode with the store's own settings as they save it, so a store labelled again with other
 thresholds stays labelled one way when recording resumes into it.
 """
@@ -36,14 +42,20 @@ from il.data.store import DemoStore, KeySpec, StoreError, StoreSchema
 from robots.action import ActionSpec
 
 __all__ = [
+    "CORRECTED_KEY",
+    "CORRECTED_VOCABULARY_ATTR",
     "KEY",
     "LABELS_ATTR",
+    "PREDICTED_KEY",
+    "PREDICTED_VOCABULARY_ATTR",
     "VOCABULARY_ATTR",
     "LabelError",
     "as_stored",
+    "corrected_spec",
     "episode_labeller",
     "label_spec",
     "label_statistics",
+    "predicted_spec",
     "labelling_of",
     "relabel",
     "robot_labelling",
@@ -57,6 +69,15 @@ VOCABULARY_ATTR = "language_motion_vocabulary"
 LABELS_ATTR = "language_motion_labels"
 """The store's `source` attribute saying how the labels were made (`MotionLabelling.to_json`),
 or, as `{"unlabelled": why}`, why the store has none."""
+CORRECTED_KEY = "corrected_motion"
+"""The per-step key of language corrections: the phrase a step acted on in place of the
+policy's own."""
+CORRECTED_VOCABULARY_ATTR = "corrected_motion_vocabulary"
+"""The store's `source` attribute listing the phrases the corrections index."""
+PREDICTED_KEY = "predicted_motion"
+"""The per-step key of the phrase the policy itself predicted, corrected or not."""
+PREDICTED_VOCABULARY_ATTR = "predicted_motion_vocabulary"
+"""The store's `source` attribute listing the phrases the predictions index."""
 _LENGTHS = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 
 
@@ -71,6 +92,26 @@ def label_spec() -> KeySpec:
         "int16",
         f"language motion: index into attrs source.{VOCABULARY_ATTR} (-1: no label); how it "
         f"was labelled in attrs source.{LABELS_ATTR}",
+    )
+
+
+def corrected_spec() -> KeySpec:
+    """The store key of language corrections."""
+    return KeySpec(
+        (),
+        "int16",
+        f"language correction: the phrase this step acted on in place of the policy's, an index "
+        f"into attrs source.{CORRECTED_VOCABULARY_ATTR} (-1: not corrected)",
+    )
+
+
+def predicted_spec() -> KeySpec:
+    """The store key of the phrases a policy predicted while it was corrected or not."""
+    return KeySpec(
+        (),
+        "int16",
+        f"language motion the policy predicted at this step: an index into attrs "
+        f"source.{PREDICTED_VOCABULARY_ATTR}",
     )
 
 

@@ -751,6 +751,17 @@ class DemoStore:
             self._rewriting = None
             self.schema = StoreSchema(keys, self.schema.fps, self.schema.action, dict(source))
 
+    def update_source(self, entries: Mapping[str, Any]) -> None:
+        """Set `entries` of the store's `source` attributes, keeping the others: for an
+        attribute that grows while recording (the phrases corrections index), written before
+        the episode that needs it is committed, so no committed row points past it. The
+        attributes file is replaced whole, so a crash leaves the old or the new version."""
+        self._require_writable()
+        source = {**self.schema.source, **entries}
+        with _os_errors(self.path, "writing its attributes"):
+            self._update_attrs(source=source)
+        self.schema = StoreSchema(self.schema.keys, self.schema.fps, self.schema.action, source)
+
     def _update_attrs(self, **changes: Any) -> None:
         """Rewrite the store's attributes (`zarr.json`, one file replaced whole) with
         `changes`; a None value removes its entry."""

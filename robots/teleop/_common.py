@@ -83,11 +83,15 @@ class Controls:
         self._events: list[TeleopEvent] = []
         self._gripper_closed = False
         self._holding: set[object] = set()
+        self._gripper_down: set[object] = set()
+        """Gripper keys or buttons held down now, toggles included (`TeleopState.gripper_held`)."""
         self._in_episode = False
 
     def press(self, action: str, source: object = None) -> None:
         """A key or button went down (once per physical press; callers drop auto-repeat)."""
         with self._lock:
+            if action in ("gripper", "gripper_hold"):
+                self._gripper_down.add(source)
             if action == "gripper":
                 self._gripper_closed = not self._gripper_closed
             elif action == "gripper_hold":
@@ -99,6 +103,8 @@ class Controls:
 
     def release(self, action: str, source: object = None) -> None:
         with self._lock:
+            if action in ("gripper", "gripper_hold"):
+                self._gripper_down.discard(source)
             if action == "gripper_hold":
                 self._holding.discard(source)
 
@@ -116,6 +122,11 @@ class Controls:
         with self._lock:
             return 1.0 if self._gripper_closed or self._holding else -1.0
 
+    @property
+    def gripper_held(self) -> bool:
+        with self._lock:
+            return bool(self._gripper_down)
+
     def take_events(self) -> list[TeleopEvent]:
         with self._lock:
             events, self._events = self._events, []
@@ -131,6 +142,7 @@ class Controls:
             active=bool(np.any(twist != 0.0)),
             events=self.take_events(),
             timestamp=time.time() if timestamp is None else timestamp,
+            gripper_held=self.gripper_held,
         )
 
 

@@ -270,6 +270,7 @@ class GamepadTeleop(Teleop):
         if self.gripper_axis is not None:
             # A trigger rests at -1 (open) and reads +1 fully pulled (closed).
             state.action[6] = float(np.clip(self._value(self.gripper_axis), -1.0, 1.0))
+            state.gripper_held = state.action[6] > 0.0  # pulled past half its travel
         return state
 
     def _value(self, source: tuple[float, str, int, int]) -> float:

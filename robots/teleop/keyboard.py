@@ -15,10 +15,17 @@ Default key map (velocity while held, events on press):
     left / right +yaw / -yaw        x          reset the emergency stop
     space        gripper: toggles closed / open on each press
     q            quit
+    t            type a line of text, where the session reads one (see below)
 
 Space toggles the gripper rather than closing it while held: a grasp lasts through a long carry
 and holding one more key while steering with others is error-prone. Bind a key to
 "gripper_hold" instead to close only while it is held.
+
+Typing: where the session asks for text (`enable_typing`, as `il deploy --correct` does to take
+a phrase), t begins a line: every key is then a letter, not a command, and no key moves the
+arm, until Enter hands the line over (`TeleopState.typed`; an empty line too) or Esc drops it.
+A key bound to the emergency stop (Esc by default) stops the arm while typing as at any other
+time. Without that request, t does nothing.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from robots.teleop._common import (
     twist_from,
 )
 
-__all__ = ["DEFAULT_KEYS", "KeyboardTeleop"]
+__all__ = ["DEFAULT_KEYS", "TYPE", "KeyboardTeleop"]
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +79,10 @@ DEFAULT_KEYS: dict[str, str] = {
     "esc": "estop",
     "x": "reset",
     "q": "quit",
+    "t": "type",
 }
+TYPE = "type"
+"""The action of the key that begins a line of text (where the session reads one)."""
 
 _VK = re.compile(r"^<\d+>$")  # a key without a character or name, by its virtual key code
 _NO_DISPLAY_HINT = (
@@ -126,9 +136,9 @@ class KeyboardTeleop(Teleop):
     """Drive the arm with held keys; see the module docstring for the default map.
 
     `keys` replaces the whole map (key name → action): motion actions are "+vx" ... "-wz";
-    button actions are "gripper", "gripper_hold", "start_stop" and every `TeleopEvent` value
-    ("start", "stop", "discard", "success", "intervene", "estop", "reset", "quit"). A held key
-    asks for `scale` (linear) or `rotation_scale` (angular) of the robot's top speed.
+    button actions are "gripper", "gripper_hold", "start_stop", "type" and every `TeleopEvent`
+    value ("start", "stop", "discard", "success", "intervene", "estop", "reset", "quit"). A held
+    key asks for `scale` (linear) or `rotation_scale` (angular) of the robot's top speed.
     """
 
     name = "keyboard"
@@ -139,7 +149,7 @@ class KeyboardTeleop(Teleop):
         scale: float = 1.0,
         rotation_scale: float = 1.0,
     ) -> None:
-        allowed = MOTION_ACTIONS | BUTTON_ACTIONS
+        allowed = MOTION_ACTIONS | BUTTON_ACTIONS | {TYPE}
         chosen = DEFAULT_KEYS if keys is None else keys
         self.keys: dict[str, str] = {
             str(key).lower(): check_action(str(action), self.name, allowed, f"key {key!r}")
@@ -153,10 +163,19 @@ class KeyboardTeleop(Teleop):
         self._lock = threading.Lock()
         self._listener: Any = None
         self._display = ""
+        self._typing_enabled = False
+        self._typing: list[str] | None = None
+        """The line being typed, a character per entry; None while not typing."""
+        self._lines: list[str] = []
+        """Lines entered since the last read."""
 
     @property
     def is_connected(self) -> bool:
         return self._listener is not None
+
+    def enable_typing(self) -> bool:
+        self._typing_enabled = True
+        return True
 
     def connect(self) -> None:
         if self._listener is not None:
@@ -202,6 +221,7 @@ class KeyboardTeleop(Teleop):
         listener.join(timeout=2.0)
         with self._lock:
             self._held.clear()
+            self._typing, self._lines = None, []
 
     def _wait_recording(self, listener: Any, timeout: float = 5.0) -> None:
         """Return once the X server records for `listener`. pynput reports itself ready just
@@ -250,14 +270,45 @@ class KeyboardTeleop(Teleop):
     def _on_press(self, key: Any) -> None:
         name = key_name(key)
         action = self.keys.get(name) if name is not None else None
-        if action is None:
-            return
         with self._lock:
+            if self._typing is not None:
+                if name in self._held:  # the auto-repeat of a key held since before typing
+                    return
+                if action != "estop":
+                    self._type(key)
+                    return
+                self._typing = None  # the emergency stop works while typing, and ends it
+            if action is None:
+                return
             if name in self._held:  # X auto-repeat: presses without releases while held
                 return
             self._held.add(name)
+            if action == TYPE:
+                if self._typing_enabled:
+                    self._typing = []
+                return
         if action in BUTTON_ACTIONS:
             self._controls.press(action, source=name)
+
+    def _type(self, key: Any) -> None:
+        """One key of the line being typed (the lock is held): characters and space add to it,
+        Backspace takes one back, Enter hands it over, Esc drops it; other keys do nothing."""
+        assert self._typing is not None
+        special = key.name if isinstance(key, enum.Enum) else None
+        if special == "enter":
+            self._lines.append("".join(self._typing))
+            self._typing = None
+        elif special == "esc":
+            self._typing = None
+        elif special == "backspace":
+            if self._typing:
+                self._typing.pop()
+        elif special == "space":
+            self._typing.append(" ")
+        elif special is None:
+            char = getattr(key, "char", None)
+            if char and char.isprintable():
+                self._typing.append(char)
 
     def _on_release(self, key: Any) -> None:
         name = key_name(key)
@@ -280,11 +331,16 @@ class KeyboardTeleop(Teleop):
         now = time.time()
         motion = np.zeros(len(TWIST_NAMES))
         with self._lock:
-            held = [self.keys[name] for name in self._held]
+            typing = None if self._typing is None else "".join(self._typing)
+            # while typing, keys are letters: none moves the arm, not even one held before
+            held = [self.keys[name] for name in self._held] if typing is None else []
+            lines, self._lines = self._lines, []
         for action in held:
             if action in MOTION_ACTIONS:
                 motion[TWIST_NAMES.index(action[1:])] += 1.0 if action[0] == "+" else -1.0
-        return self._controls.state(twist_from(motion, self.scale, self.rotation_scale), now)
+        state = self._controls.state(twist_from(motion, self.scale, self.rotation_scale), now)
+        state.typed, state.typing = lines, typing
+        return state
 
 
 def _record_context_enabled(connection: Any, opcode: int, context: int) -> bool:

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from envs.language_motion import canonical_phrase
 from il.config import limits
 from il.data.normalize import Normalizer
 from il.policies import text
@@ -299,9 +300,7 @@ class RTHPolicy(IntermediateOutput, Policy):
         self.forget_intermediate()
 
 
-def _canonical(phrase: str) -> str:
-    """A phrase as typed ("Move  Up") → as stored ("move up")."""
-    return " ".join(phrase.lower().split())
+_canonical = canonical_phrase
 
 
 def _embed(phrases: list[str]) -> np.ndarray:
