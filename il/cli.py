@@ -1123,6 +1123,81 @@ def _parse_tasks(tasks: str | None) -> tuple[str, ...]:
     return names
 
 
+def _run_options(out_default: str, config_default: str, skip_what: str) -> Callable:
+    """--out, --config, --resume, --skip-damaged and key=value overrides: what `il train` and
+    `il finetune` both take, so the two verbs read the same."""
+
+    def apply(fn: Callable) -> Callable:
+        for option in reversed(
+            [
+                click.option(
+                    "--out",
+                    type=click.Path(path_type=str),
+                    default=None,
+                    help=f"The run folder (sets out) [default: {out_default}].",
+                ),
+                click.option(
+                    "--config",
+                    "config_file",
+                    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                    default=None,
+                    help=f"A YAML config [default: {config_default}].",
+                ),
+                click.option(
+                    "--resume",
+                    is_flag=True,
+                    help="Continue the run in --out from its last checkpoint.",
+                ),
+                _skip_damaged_option(skip_what),
+                click.argument("overrides", nargs=-1),
+            ]
+        ):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+def _run_overrides(
+    overrides: tuple[str, ...], *, data: str | None, out: str | None, skip_damaged: bool
+) -> list[str]:
+    """The command line's key=value overrides with those its options set, each checked to be
+    key=value."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not key=value (e.g. train.steps=5000)")
+    extra = [*overrides]
+    if data is not None:
+        extra.append(f"data.path={data}")
+    if out is not None:
+        extra.append(f"out={out}")
+    if skip_damaged:
+        extra.append("data.skip_damaged=true")
+    return extra
+
+
+def _train_or_resume(
+    policy: str | None, folder: Path, resume: bool, extra: list[str], fresh: Callable[[], Any]
+) -> None:
+    """Train the run `fresh()` configures, or with --resume carry on the one in its folder
+    with the run's own config (and policy) and this command's overrides on top."""
+    from il.data.store import StoreError
+    from il.train import ConfigError, load_config
+
+    try:
+        saved = folder / "config.yaml"
+        if resume and saved.exists():
+            config = load_config(policy, saved, extra)
+        else:
+            config = fresh()
+            saved = Path(config.out) / "config.yaml"
+            if resume and saved.exists():
+                config = load_config(policy, saved, extra)
+        _run_training(config, resume)
+    except (ConfigError, StoreError, OSError) as e:  # OSError: the run folder's disk, mid-run
+        raise UserError(str(e)) from None
+
+
 @app.command(
     "train",
     context_settings={"ignore_unknown_options": False},
@@ -1138,23 +1213,11 @@ def _parse_tasks(tasks: str | None) -> tuple[str, ...]:
     default=None,
     help="The DemoStore to learn from (sets data.path).",
 )
-@click.option(
-    "--out",
-    type=click.Path(path_type=str),
-    default=None,
-    help="The run folder (sets out) [default: runs/<policy>].",
+@_run_options(
+    "runs/<policy>",
+    "configs/<policy>.yaml when it exists, else the method's own preset",
+    "train on the others (sets data.skip_damaged)",
 )
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="A YAML config [default: configs/<policy>.yaml when it exists, else the method's "
-    "own preset].",
-)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@_skip_damaged_option("train on the others (sets data.skip_damaged)")
-@click.argument("overrides", nargs=-1)
 def train_(
     policy: str | None,
     data: str | None,
@@ -1166,34 +1229,17 @@ def train_(
 ) -> None:
     """Train a policy on a DemoStore. OVERRIDES are key=value, e.g. train.steps=5000
     model.hidden=[256,256] data.obs=[obs/state,obs/image/corner]."""
-    from il.data.store import StoreError
-    from il.train import ConfigError, load_config
+    from il.train import load_config
 
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"override {item!r} is not key=value (e.g. train.steps=5000)")
-    if config_file is None:
-        config_file = _default_config(policy or "bc")
-    extra = [*overrides]
-    if data is not None:
-        extra.append(f"data.path={data}")
-    if out is not None:
-        extra.append(f"out={out}")
-    if skip_damaged:
-        extra.append("data.skip_damaged=true")
-    try:
-        # --resume takes the run's own config (and policy), with this command's overrides on top
-        saved = Path(out or f"runs/{policy or 'bc'}") / "config.yaml"
-        if resume and saved.exists():
-            config = load_config(policy, saved, extra)
-        else:
-            config = load_config(policy, config_file, extra)
-            saved = Path(config.out) / "config.yaml"
-            if resume and saved.exists():
-                config = load_config(policy, saved, extra)
-        _run_training(config, resume)
-    except (ConfigError, StoreError, OSError) as e:  # OSError: the run folder's disk, mid-run
-        raise UserError(str(e)) from None
+    extra = _run_overrides(overrides, data=data, out=out, skip_damaged=skip_damaged)
+    preset = config_file or _default_config(policy or "bc")
+    _train_or_resume(
+        policy,
+        Path(out or f"runs/{policy or 'bc'}"),
+        resume,
+        extra,
+        lambda: load_config(policy, preset, extra),
+    )
 
 
 def _run_training(config: Any, resume: bool) -> None:
@@ -1235,22 +1281,11 @@ def _run_training(config: Any, resume: bool) -> None:
     required=True,
     help="The DemoStore of corrections to learn from (sets data.path).",
 )
-@click.option(
-    "--out",
-    type=click.Path(path_type=str),
-    default=None,
-    help="The run folder (sets out) [default: runs/<method>].",
+@_run_options(
+    "runs/<method>",
+    "configs/<method>.yaml when it exists, else the method's own preset",
+    "fine-tune on the others (sets data.skip_damaged)",
 )
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="A YAML config [default: the method's own preset].",
-)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@_skip_damaged_option("fine-tune on the others (sets data.skip_damaged)")
-@click.argument("overrides", nargs=-1)
 def finetune_(
     method: str,
     checkpoint: str,
@@ -1264,27 +1299,17 @@ def finetune_(
     """Fine-tune a trained policy on recorded corrections; the result is an ordinary checkpoint
     for `il eval` and `il deploy`. OVERRIDES are key=value, e.g. train.steps=2000
     model.intervention_share=1."""
-    from il.data.store import StoreError
-    from il.train import ConfigError, finetune_config, load_config
+    from il.train import finetune_config
 
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"override {item!r} is not key=value (e.g. train.steps=2000)")
-    extra = [*overrides, f"data.path={data}"]
-    if out is not None:
-        extra.append(f"out={out}")
-    if skip_damaged:
-        extra.append("data.skip_damaged=true")
-    try:
-        saved = Path(out or f"runs/{method}") / "config.yaml"
-        if resume and saved.exists():
-            config = load_config(method, saved, extra)
-        else:
-            preset = config_file or _default_config(method)
-            config = finetune_config(method, checkpoint, preset, extra)
-        _run_training(config, resume)
-    except (ConfigError, StoreError, OSError) as e:
-        raise UserError(str(e)) from None
+    extra = _run_overrides(overrides, data=data, out=out, skip_damaged=skip_damaged)
+    preset = config_file or _default_config(method)
+    _train_or_resume(
+        method,
+        Path(out or f"runs/{method}"),
+        resume,
+        extra,
+        lambda: finetune_config(method, checkpoint, preset, extra),
+    )
 
 
 def _default_config(policy: str) -> Path | None:

@@ -194,7 +194,9 @@ def finetune_config(
 ) -> RunConfig:
     """A fine-tune's config: method `method` starting from `checkpoint`, whose model config
     (which its weights need) and observation keys it takes; then the YAML, then overrides, as
-    `load_config` reads them. The method must fine-tune the checkpoint's method."""
+    `load_config` reads them; without a YAML, the method's own preset (what the fine-tune
+    needs, e.g. every corrected episode kept whether it succeeded or not). The method must
+    fine-tune the checkpoint's method."""
     from il.policies.base import read_description, resolve_checkpoint
 
     cls = policy_class(method)
@@ -220,8 +222,9 @@ def finetune_config(
     known = set(base.model.keys())
     model = {k: v for k, v in description["config"].items() if k in known}
     base = OmegaConf.merge(base, {"model": model})
-    config = load_config(method, yaml_path, [*start, *overrides], base=base)
-    return config
+    if yaml_path is None:
+        yaml_path = registry.preset(method)
+    return load_config(method, yaml_path, [*start, *overrides], base=base)
 
 
 def _schema(policy: str) -> DictConfig:

@@ -177,14 +177,13 @@ class RTHExperiment(Experiment):
         )
 
     def _success(self, folder: Path, task_seed: int, **kwargs: Any) -> Any:
+        """`evaluate_checkpoint` on the variations of `task_seed`, by the experiment's
+        workers and (unless `kwargs` say otherwise) its number of episodes."""
         from il.evaluate import evaluate_checkpoint
 
+        kwargs.setdefault("episodes_per_task", self.config.eval_episodes)
         return evaluate_checkpoint(
-            folder,
-            episodes_per_task=self.config.eval_episodes,
-            task_seed=task_seed,
-            workers=self.config.workers,
-            **kwargs,
+            folder, task_seed=task_seed, workers=self.config.workers, **kwargs
         )
 
     def evaluate(self, run: Run) -> dict[str, Any]:
@@ -205,14 +204,12 @@ class RTHExperiment(Experiment):
                 len(t.episodes) for t in corrected.tasks
             )
         if c.correction_episodes:
-            from il.evaluate import evaluate_checkpoint
-
             method, intervener = FINETUNE[run.method]
             store = run.folder / "corrections.zarr"
-            collected = evaluate_checkpoint(
+            collected = self._success(
                 run.folder,
+                0,
                 episodes_per_task=c.correction_episodes,
-                workers=c.workers,
                 intervene=(intervener, spec),
                 record=store,
             )
@@ -227,7 +224,6 @@ class RTHExperiment(Experiment):
                         [
                             f"data.path={store}",
                             f"out={tuned}",
-                            "data.only_success=false",
                             f"train.steps={c.finetune_steps}",
                             f"train.batch_size={c.batch_size}",
                             f"train.lr={c.finetune_lr}",
