@@ -330,6 +330,8 @@ def test_experiment_rth_writes_every_table_and_resumes(tmp_path):
         assert {r["method"] for r in runs} == {"rth", "bc"}
         rth = next(r for r in runs if r["method"] == "rth")
         assert 0 <= rth["success_heldout_corrected"] <= 1 and rth["heldout_action_mse"] > 0
+        assert rth["tasks_training_corrected"].keys() == {"reach-v3"}
+        assert "Weakest tasks on the held-out variations with the corrector: reach-v3" in text
         stamp = (out / "runs" / "rth" / "seed0" / "result.json").stat().st_mtime_ns
         module.run(config, out)
         assert (out / "runs" / "rth" / "seed0" / "result.json").stat().st_mtime_ns == stamp

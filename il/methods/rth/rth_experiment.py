@@ -198,11 +198,15 @@ class RTHExperiment(Experiment):
             "heldout_action_mse": heldout_action_mse(run.folder, self.heldout_store),
         }
         if run.method == "rth":
-            corrected = self._success(run.folder, HELD_OUT_SEED, intervene=("expert-motion", spec))
-            figures["success_heldout_corrected"] = corrected.success_rate
-            figures["corrected_steps_per_episode"] = corrected.interventions / sum(
-                len(t.episodes) for t in corrected.tasks
-            )
+            for variations, task_seed in (("training", 0), ("heldout", HELD_OUT_SEED)):
+                corrected = self._success(run.folder, task_seed, intervene=("expert-motion", spec))
+                figures[f"success_{variations}_corrected"] = corrected.success_rate
+                figures[f"corrected_steps_per_episode_{variations}"] = (
+                    corrected.interventions / sum(len(t.episodes) for t in corrected.tasks)
+                )
+                figures[f"tasks_{variations}_corrected"] = {
+                    t.task: t.success_rate for t in corrected.tasks
+                }
         if c.correction_episodes:
             method, intervener = FINETUNE[run.method]
             store = run.folder / "corrections.zarr"
@@ -312,6 +316,15 @@ def _expert_rates(config: Config, out: Path) -> dict[str, float]:
     return rates
 
 
+def _weakest_tasks(per_seed: list[dict[str, float]], shown: int = 3) -> str:
+    """The tasks the corrector helped least, with their success over seeds: where words were
+    not enough."""
+    tasks = {t for rates in per_seed for t in rates}
+    mean = {t: float(np.mean([rates[t] for rates in per_seed if t in rates])) for t in tasks}
+    worst = sorted(mean, key=lambda t: (mean[t], t))[:shown]
+    return ", ".join(f"{t} {100 * mean[t]:.0f}%" for t in worst)
+
+
 def _write_results(
     config: Config,
     out: Path,
@@ -324,7 +337,9 @@ def _write_results(
     mse = ResultTable(
         "Held-out action error", column_name="measure", unit="squared action units", scale=1.0
     )
-    online = ResultTable("Held-out variations with the simulated corrector", column_name="measure")
+    online = ResultTable(
+        "Success with and without the simulated corrector", column_name="variations"
+    )
     learning = ResultTable(
         f"After fine-tuning on {config.correction_episodes} correction episodes per task",
         column_name="variations",
@@ -337,8 +352,10 @@ def _write_results(
         mse.add(m, "action MSE (held-out demos)", r["heldout_action_mse"])
         chart.add(m, "training", r["success_training"])
         chart.add(m, "held-out", r["success_heldout"])
-        if "success_heldout_corrected" in r:
-            online.add(m, "success", r["success_heldout_corrected"])
+        if "success_training_corrected" in r:
+            for variations, column in (("training", "training"), ("heldout", "held-out")):
+                online.add(f"{m}, alone", column, r[f"success_{variations}"])
+                online.add(f"{m}, corrected", column, r[f"success_{variations}_corrected"])
             chart.add(m, "held-out, corrected online", r["success_heldout_corrected"])
         if "finetuned_heldout" in r:
             tuned = FINETUNE[m][0]
@@ -352,9 +369,13 @@ def _write_results(
         ylabel="success (%)",
         reference=[(f"expert, held-out {100 * expert['heldout']:.0f}%", expert["heldout"])],
     )
-    corrected = [
-        r["corrected_steps_per_episode"] for r in results if "corrected_steps_per_episode" in r
-    ]
+    corrected = {
+        v: [r[f"corrected_steps_per_episode_{v}"] for r in results if f"tasks_{v}_corrected" in r]
+        for v in ("training", "heldout")
+    }
+    weakest = _weakest_tasks(
+        [r["tasks_heldout_corrected"] for r in results if "tasks_heldout_corrected" in r]
+    )
     collected = {
         m: [r["correction_steps"] for r in results if r["method"] == m and "correction_steps" in r]
         for m in config.methods
@@ -392,8 +413,15 @@ def _write_results(
             "",
             online.markdown(),
             "",
-            f"Corrected steps per episode: {np.mean(corrected):.1f} (per seed: "
-            f"{', '.join(f'{c:.1f}' for c in corrected)}).",
+            "Corrected steps per episode: "
+            + "; ".join(
+                f"{name} {np.mean(corrected[v]):.1f} (per seed: "
+                f"{', '.join(f'{c:.1f}' for c in corrected[v])})"
+                for v, name in (("training", "training variations"), ("heldout", "held-out"))
+            )
+            + ".",
+            "",
+            f"Weakest tasks on the held-out variations with the corrector: {weakest}.",
             "",
         ]
     if learning.rows:
