@@ -13,10 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import mujoco
 import numpy as np
 from einops import rearrange
+
+if TYPE_CHECKING:
+    import mujoco  # only `from_mujoco` needs it: a real camera's model is plain numpy
 
 __all__ = ["CameraModel", "triangulate"]
 
@@ -49,6 +52,8 @@ class CameraModel:
     ) -> CameraModel:
         """Read the camera's current pose from `data` (call after `mj_forward`/`mj_step`) and its
         field of view from `model`; the principal point is the image centre, as MuJoCo renders."""
+        import mujoco
+
         cam_id = camera if isinstance(camera, int) else model.camera(camera).id
         if not 0 <= cam_id < model.ncam:
             raise ValueError(f"camera id {cam_id} out of range (model has {model.ncam} cameras)")

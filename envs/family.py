@@ -87,6 +87,9 @@ class RecordSpec:
     """Steps kept after the first success; None records the full episode."""
     action_noise: float = 0.0
     """Standard deviation of Gaussian noise added to the executed action (0: none)."""
+    track_cameras: tuple[str, ...] | None = None
+    """The two cameras to record motion tracks in (`envs.tracks`); None: the family's own
+    pair, (): none."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,9 @@ class EnvFamily:
     arguments)` → a vector env; None: every task of `suite(name, split, task_seed)`."""
     video_options: Mapping[str, Any] = field(default_factory=dict)
     """Env keyword arguments for filming an episode, besides `render_mode` and `render_size`."""
+    track_cameras: tuple[str, ...] = ()
+    """The two cameras expert recordings store motion tracks in by default (`envs.tracks`);
+    (): a family with no gripper to track."""
     motion_labels: MotionLabelling | None = None
     """How the family's expert recordings are labelled with language motions (the store keys
     they are read from and the thresholds), so a store recorded before it held labels can be

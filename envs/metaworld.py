@@ -56,6 +56,14 @@ from envs.family import (
 from envs.language_motion import VOCABULARY, MotionLabelling, label_steps
 from envs.rendering import Renderer, RenderOptions
 from envs.suite import TaskSuite
+from envs.tracks import (
+    GRASP_KEY,
+    KEYPOINTS,
+    TRACKS_ATTR,
+    camera_attrs,
+    project_keypoints,
+    track_key,
+)
 
 __all__ = [
     "ACTION_CONVENTION",
@@ -181,6 +189,11 @@ in front of the table: at 84x84 a goal sphere is 3-4 pixels across instead of 1-
 From that height a goal's height and its depth fall along nearly the same image direction, so
 `side` looks across the table from its +x end, 30 cm above it, where height is the image's
 vertical and depth its horizontal."""
+TRACK_CAMERAS = ("corner", "corner2")
+"""The two views motion tracks are recorded in by default: both see the gripper over the whole
+workspace from either side of the table, so their rays cross at a wide angle."""
+GRASP_SIGNAL = "the gripper is being closed: its last command (actuator control) above 0"
+"""How a Meta-World recording reads its grasp bit (`envs.tracks`)."""
 GOAL_MARKER_RGBA = (1.0, 0.0, 1.0, 1.0)
 """Magenta: the colour of goal markers that Meta-World draws in the arm's red."""
 MAX_EPISODE_STEPS = 500
@@ -731,9 +744,13 @@ def _recording(suite: Suite, spec: RecordSpec) -> Recording:
 
     obs = spec.obs if "state" in spec.obs else ("state", *spec.obs)
     sim_state_sizes = {}
+    cameras: tuple[CameraModel, ...] = ()
+    names = TRACK_CAMERAS if spec.track_cameras is None else spec.track_cameras
     for name in suite.task_names:
         probe = suite.make(name, obs=("state",))
         sim_state_sizes[name] = probe.sim_state_size
+        if names and not cameras:
+            cameras = track_cameras(names, spec.image_size, probe)
         probe.close()
     state_size = max(sim_state_sizes.values())
     keys: dict[str, StepKey] = {}
@@ -767,6 +784,16 @@ def _recording(suite: Suite, spec: RecordSpec) -> Recording:
     keys["language_motion"] = StepKey(
         (), "int16", "index into attrs source.language_motion_vocabulary"
     )
+    for camera in cameras:
+        keys[track_key(camera.name)] = StepKey(
+            (len(KEYPOINTS), 2),
+            "float32",
+            f"motion track: the gripper's points ({', '.join(KEYPOINTS)}) in camera "
+            f"{camera.name}'s image, pixels (u right, v down) at {camera.width}x{camera.height}; "
+            f"the camera's model in attrs source.{TRACKS_ATTR}",
+        )
+    if cameras:
+        keys[GRASP_KEY] = StepKey((), "bool", f"motion track's grasp bit: {GRASP_SIGNAL}")
     keys["sim_state"] = StepKey(
         (state_size,),
         "float64",
@@ -785,22 +812,66 @@ def _recording(suite: Suite, spec: RecordSpec) -> Recording:
         "language_motion_vocabulary": list(VOCABULARY),
         "language_motion_labels": MOTION_LABELLING.to_json(),
     }
+    if cameras:
+        source[TRACKS_ATTR] = camera_attrs(cameras, GRASP_SIGNAL)
     return Recording(
         obs=obs,
         keys=keys,
         source=source,
-        step_labels=functools.partial(_sim_state, size=state_size),
+        step_labels=functools.partial(_step_labels, size=state_size, cameras=cameras),
         episode_labels=functools.partial(_language_motion, MOTION_LABELLING),
     )
 
 
-def _sim_state(env: MetaWorldEnv, size: int) -> dict[str, np.ndarray]:
+def _step_labels(
+    env: MetaWorldEnv, size: int, cameras: tuple[CameraModel, ...]
+) -> dict[str, np.ndarray]:
     """The env's sim state in the suite-wide length, NaN after its own end (`set_sim_state`
-    drops the NaN tail)."""
+    drops the NaN tail), and the gripper's motion-track points in each of `cameras`."""
+    env = getattr(env, "unwrapped", env)
     state = env.get_sim_state()
     out = np.full(max(size, len(state)), np.nan)
     out[: len(state)] = state
-    return {"sim_state": out}
+    labels = {"sim_state": out}
+    if cameras:
+        pixels = project_keypoints(cameras, gripper_keypoints(env.sim))
+        for camera, uv in zip(cameras, pixels, strict=True):
+            labels[track_key(camera.name)] = uv.astype(np.float32)
+        labels[GRASP_KEY] = np.bool_(env.sim.data.ctrl[0] > 0)
+    return labels
+
+
+def gripper_keypoints(sim: Any) -> np.ndarray:
+    """The Sawyer gripper's five motion-track points in world coordinates, (5, 3) in the order
+    of `envs.tracks.KEYPOINTS`: the centre between the fingertips (Meta-World's
+    `tcp_center`), each fingertip (the end-effector sites) and each finger pad's origin, 4.5 cm
+    further up the finger."""
+    data = sim.data
+    return np.stack(
+        [
+            np.asarray(sim.tcp_center, dtype=np.float64),
+            data.site("leftEndEffector").xpos,
+            data.body("leftpad").xpos,
+            data.site("rightEndEffector").xpos,
+            data.body("rightpad").xpos,
+        ]
+    ).astype(np.float64)
+
+
+def track_cameras(
+    names: Sequence[str], image_size: int, probe: MetaWorldEnv
+) -> tuple[CameraModel, ...]:
+    """The models of the cameras tracks are recorded in, at the recording's image size (the
+    cameras stand still and are the same in every task's scene)."""
+    unknown_names = [n for n in names if n not in CAMERAS]
+    if unknown_names:
+        raise unknown("Meta-World camera", unknown_names[0], CAMERAS)
+    if len(names) == 1:
+        raise ValueError("motion tracks need two cameras (or none), got one: " + names[0])
+    sim = probe.unwrapped.sim
+    return tuple(
+        CameraModel.from_mujoco(sim.model, sim.data, name, image_size, image_size) for name in names
+    )
 
 
 def _language_motion(labelling: MotionLabelling, steps: Any) -> dict[str, np.ndarray]:
@@ -852,6 +923,7 @@ FAMILY = EnvFamily(
     suite_names=tuple(f"metaworld/{s}" for s in SUITES),
     make_vec=_make_vec,
     video_options={"render_options": RenderOptions(antialias=True)},
+    track_cameras=TRACK_CAMERAS,
     motion_labels=MOTION_LABELLING,
 )
 """Meta-World as an env family (`envs.family.EnvFamily`)."""

@@ -448,6 +448,15 @@ def eval_(
     help="Std of Gaussian noise on the executed action (expert source, continuous actions); "
     "the store keeps the expert's action as `action` and the executed one as `executed_action`.",
 )
+@click.option(
+    "--tracks",
+    "track_cameras",
+    default=None,
+    metavar="CAMERA,CAMERA",
+    help="The two cameras to record motion tracks in (the gripper's five points in each "
+    "image and a grasp bit, keys track/*); 'none' for no tracks [default: the env family's "
+    "pair (metaworld: corner,corner2); resuming, the store's].",
+)
 @_robot_options(robot_required=False)
 def record(
     source: str,
@@ -465,6 +474,7 @@ def record(
     steps_after_success: int,
     full_episodes: bool,
     action_noise: float,
+    track_cameras: str | None,
     max_episode_steps: int | None,
     robot: str | None,
     camera: tuple[str, ...],
@@ -534,6 +544,7 @@ def record(
                 workers=workers,
                 seed=seed,
                 action_noise=action_noise,
+                track_cameras=_track_cameras(track_cameras),
                 on_episode=on_episode,
             )
         except (StoreError, ValueError) as e:  # ValueError: a request the family cannot record
@@ -545,6 +556,18 @@ def record(
     )
     for line in summary.short:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _track_cameras(given: str | None) -> tuple[str, ...] | None:
+    """--tracks as record_expert takes it: None for the default, () for none."""
+    if given is None:
+        return None
+    if given.strip().lower() == "none":
+        return ()
+    names = tuple(n.strip() for n in given.split(",") if n.strip())
+    if len(names) != 2:
+        raise UserError(f"--tracks takes two cameras, e.g. corner,corner2 (or none), got {given!r}")
+    return names
 
 
 @contextlib.contextmanager
@@ -782,11 +805,12 @@ def replay(
 )
 def info(path: str, as_json: bool, verify: bool) -> None:
     """Describe a DemoStore: episodes, steps, keys, tasks, success, sources, language-motion
-    labels, interventions, checksums."""
+    labels, interventions, motion tracks, checksums."""
     import json
 
     from il.data.motion_labels import label_statistics
     from il.data.store import DemoStore, StoreError
+    from il.data.tracks import track_statistics
     from il.interventions import intervention_statistics
 
     try:
@@ -794,6 +818,7 @@ def info(path: str, as_json: bool, verify: bool) -> None:
         report = store.info()
         report["language_motion"] = label_statistics(store)
         report["interventions"] = intervention_statistics(store)
+        report["tracks"] = track_statistics(store)
         spec = store.schema.action_spec
         damage = _verify_store(store) if verify else None
     except StoreError as e:
@@ -849,6 +874,8 @@ def info(path: str, as_json: bool, verify: bool) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     if (chosen := report["interventions"]) is not None:
         console.print(_interventions_line(chosen), markup=False, highlight=False, soft_wrap=True)
+    if (tracks := report["tracks"]) is not None:
+        console.print(_tracks_line(tracks), markup=False, highlight=False, soft_wrap=True)
     sums = report["checksums"]
     if sums is None:
         summed = (
@@ -990,6 +1017,25 @@ def _label_lines(labels: dict[str, Any]) -> list[str]:
             "`il relabel` labels it again and records it"
         )
     return [*lines, *interrupted]
+
+
+def _tracks_line(tracks: dict[str, Any]) -> str:
+    """`il info`'s line on motion tracks: the cameras, how often the gripper is in view, how
+    often it grasps and how well the two views agree."""
+    if "error" in tracks:
+        return f"motion tracks: {tracks['error']}"
+    views = ", ".join(
+        f"{name} {size[0]}x{size[1]} (all points in view {100 * c['inside']:.0f}% of steps)"
+        for name, c in tracks["cameras"].items()
+        for size in [c["size"]]
+    )
+    error = tracks["reprojection_px"]
+    agree = (
+        f"; the views agree to {error['mean']:.2f} px (99%: {error['p99']:.2f} px)"
+        if error["mean"] is not None
+        else ""
+    )
+    return f"motion tracks: {views}; grasping {100 * tracks['grasping']:.0f}% of steps{agree}"
 
 
 def _interventions_line(chosen: dict[str, Any]) -> str:

@@ -205,6 +205,21 @@ def _job(args: tuple[RecordPlan, Any, int]) -> tuple[str, int, Any, Any]:
     return task.name, seed, arrays, meta
 
 
+def _stored_track_cameras(out: str) -> tuple[str, ...] | None:
+    """The cameras the store at `out` records tracks in, () for a store recorded without
+    tracks, None where there is no store yet: recording resumes with the keys it has."""
+    from envs.tracks import TRACKS_ATTR
+
+    try:
+        store = DemoStore.open(out)
+    except StoreError:
+        return None  # none there yet (a damaged one is refused when it is opened to write)
+    tracks = store.schema.source.get(TRACKS_ATTR)
+    if not isinstance(tracks, dict):
+        return ()
+    return tuple(str(name) for name in tracks.get("cameras", {}))
+
+
 def record_expert(
     suite: TaskSuite,
     out: str,
@@ -218,6 +233,7 @@ def record_expert(
     workers: int = 1,
     seed: int = 0,
     action_noise: float = 0.0,
+    track_cameras: Sequence[str] | None = None,
     on_episode: Callable[[str, bool], None] | None = None,
 ) -> RecordSummary:
     """Record `episodes_per_task` expert episodes of every task of `suite` into `out`: episode
@@ -228,16 +244,26 @@ def record_expert(
     task has its count: for a task whose seeds take its n variations in turn, the seeds up to
     `seed + n - 1`, so that no variation is played twice (the summary names a task that runs
     out); otherwise up to three times the request.
+
+    `track_cameras`: the two cameras to record motion tracks in (`envs.tracks`); None: the
+    family's pair, or, resuming, the store's (none for a store recorded without them).
     """
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be at least 1, got {episodes_per_task}")
     defaults = envs.defaults(suite.name)
+    if track_cameras is None:
+        track_cameras = _stored_track_cameras(out)
+    elif track_cameras and not envs.family_of(suite.name).track_cameras:
+        raise ValueError(
+            f"{suite.name} has no gripper to record motion tracks of; leave out --tracks"
+        )
     spec = RecordSpec(
         tuple(obs or defaults["obs"]),
         image_size,
         max_episode_steps or defaults["max_episode_steps"],
         steps_after_success,
         action_noise=action_noise,
+        track_cameras=None if track_cameras is None else tuple(track_cameras),
     )
     plan = plan_recording(suite, spec)
     with contextlib.ExitStack() as stack:

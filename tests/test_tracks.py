@@ -1,0 +1,99 @@
+"""Motion tracks in expert recordings (`envs.tracks`): the gripper's five points in two
+calibrated views and a grasp bit, stored so that lifting them back to 3-D needs nothing but the
+store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from envs.camera import triangulate
+from envs.metaworld import gripper_keypoints, load_suite
+from envs.tracks import GRASP_KEY, KEYPOINTS, TRACKS_ATTR, cameras_from_attrs, track_key
+from il.data.store import DemoStore
+from il.data.tracks import track_statistics
+from il.record import record_expert
+
+IL = [sys.executable, "-m", "il.cli"]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    suite = load_suite("MT1", "train", "pick-place-v3", 0)
+    path = str(tmp_path_factory.mktemp("tracks") / "pick.zarr")
+    record_expert(suite, path, episodes_per_task=1, workers=1)
+    return suite, path
+
+
+def test_tracks_lift_back_to_the_gripper_within_a_millimetre(recorded):
+    """Stored pixels + stored camera models → the gripper's points, checked against the
+    simulator's own at every step (its state restored from the store)."""
+    suite, path = recorded
+    store = DemoStore.open(path)
+    cameras = cameras_from_attrs(store.schema.source[TRACKS_ATTR])
+    assert [c.name for c in cameras] == ["corner", "corner2"]
+    assert store.schema.source[TRACKS_ATTR]["keypoints"] == list(KEYPOINTS)
+    episode = store.read_episode(0)
+    pixels = [episode[track_key(c.name)] for c in cameras]
+    assert pixels[0].shape == (len(episode["action"]), 5, 2) and pixels[0].dtype == np.float32
+    lifted = triangulate(cameras, pixels)
+    env = suite.make("pick-place-v3")
+    env.reset(seed=int(store.episode_meta()["seed"][0]))
+    truth = []
+    for state in episode["sim_state"]:
+        env.unwrapped.set_sim_state(state)
+        truth.append(gripper_keypoints(env.unwrapped.sim))
+    error_mm = 1000 * np.linalg.norm(lifted - np.stack(truth), axis=-1)
+    assert error_mm.max() < 1.0, error_mm.max()
+    # the points are where a gripper is: fingertips ~10 cm apart when open, pads above the tips
+    first = np.stack(truth)[0]
+    assert 0.05 < np.linalg.norm(first[1] - first[3]) < 0.15
+    assert first[2][2] > first[1][2] and first[4][2] > first[3][2]
+
+
+def test_the_grasp_bit_is_the_last_gripper_command(recorded):
+    _, path = recorded
+    episode = DemoStore.open(path).read_episode(0)
+    grasp, action = episode[GRASP_KEY], episode["action"]
+    assert not grasp[0]  # nothing commanded before the first step
+    np.testing.assert_array_equal(grasp[1:], action[:-1, 3] > 0)
+    assert grasp.any() and not grasp.all()  # pick-place closes on the object, then holds it
+
+
+def test_info_reports_the_views_and_their_agreement(recorded):
+    _, path = recorded
+    stats = track_statistics(DemoStore.open(path))
+    assert stats["cameras"]["corner"]["inside"] == 1.0
+    assert stats["reprojection_px"]["p99"] < 0.01
+    out = subprocess.run([*IL, "info", path], capture_output=True, text=True, check=True).stdout
+    assert "motion tracks: corner 84x84" in out and "views agree" in out
+
+
+def test_resuming_keeps_the_stores_tracks_and_bad_requests_are_one_line(recorded, tmp_path):
+    suite, _ = recorded
+    old = str(tmp_path / "old.zarr")
+    record_expert(suite, old, episodes_per_task=1, workers=1, track_cameras=())
+    record_expert(suite, old, episodes_per_task=2, workers=1)  # a store without tracks resumes
+    store = DemoStore.open(old)
+    assert store.num_episodes == 2 and not any(k.startswith("track/") for k in store.schema.keys)
+    assert track_statistics(store) is None
+    other = str(tmp_path / "other.zarr")
+    record_expert(suite, other, episodes_per_task=1, workers=1, track_cameras=("side", "workspace"))
+    record_expert(suite, other, episodes_per_task=2, workers=1)
+    assert {"track/side", "track/workspace"} <= set(DemoStore.open(other).schema.keys)
+    for args, message in [
+        (["--tracks", "corner"], "--tracks takes two cameras"),
+        (["--tracks", "corner,nowhere"], "unknown Meta-World camera 'nowhere'"),
+        (["--env", "maze/tunnel16/3", "--tracks", "a,b"], "no gripper to record motion tracks"),
+    ]:
+        env = [] if "--env" in args else ["--env", "metaworld/reach-v3"]
+        run = subprocess.run(
+            [*IL, "record", *env, *args, "--episodes-per-task", "1", "--out", str(tmp_path / "x")],
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode != 0 and message in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr
