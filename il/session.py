@@ -269,6 +269,7 @@ class Session:
             raise ValueError(f"a {self.source.mode} session needs a teleop device")
         if store is not None:
             self.source.recording_into(store)
+        self._stored = set(store.schema.keys) if store is not None else None
         self._tracked = tracked_cameras(robot, self.cameras) if store is not None else []
         if store is not None:
             _check_track_cameras(store, self._tracked)
@@ -310,7 +311,8 @@ class Session:
         policy_obs: dict[str, Any] = {}
         for key in self.robot.observation_shapes:
             value = np.asarray(obs[key], dtype=np.float32)
-            record[f"obs/{key}"] = value
+            if self._stored is None or f"obs/{key}" in self._stored:
+                record[f"obs/{key}"] = value  # a store from before a key was added goes on
             policy_obs[key] = value
         for name, frame in frames.items():
             record[f"obs/image/{name}"] = frame.color

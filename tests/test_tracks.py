@@ -172,3 +172,39 @@ def test_camera_poses_from_a_setup_are_checked(tmp_path):
             camera.set_extrinsics(2 * np.eye(3), np.zeros(3))
         with pytest.raises(ValueError, match="R as 3x3 and t as 3 numbers"):
             camera.set_extrinsics(np.eye(3), np.zeros(2))
+
+
+def test_a_store_recorded_before_gripper_points_and_tracks_takes_more_episodes(
+    checkpoint, tmp_path
+):
+    """A session store from before the gripper's points and tracks were recorded: a new
+    session resumes into it with the keys it has."""
+    from il.data.store import StoreSchema
+    from il.session import robot_schema
+    from robots.safety import SafeRobot, SafetyConfig
+    from robots.sim import SIM_SAFETY, SimArm
+
+    arm = SimArm("metaworld/reach-v3")
+    safe = SafeRobot(arm, SafetyConfig.from_dict(SIM_SAFETY))
+    with safe:
+        cameras = [arm.camera(name) for name in ("corner", "corner2")]
+        new = robot_schema(safe, cameras, {"corner": (84, 84), "corner2": (84, 84)}, 80)
+    assert {"obs/gripper_points", "track/corner", "track/grasp"} <= set(new.keys)
+    keys = {
+        k: v
+        for k, v in new.keys.items()
+        if k != "obs/gripper_points" and not k.startswith("track/")
+    }
+    source = {k: v for k, v in new.source.items() if k != TRACKS_ATTR}
+    out = str(tmp_path / "old.zarr")
+    DemoStore.create(out, StoreSchema(keys, new.fps, new.action, source)).close()
+    subprocess.run(
+        [*IL, "deploy", "--checkpoint", checkpoint, "--robot", "sim:metaworld/reach-v3",
+         "--camera", "corner", "--camera", "corner2", "--hz", "80", "--record", out,
+         "--episodes", "1", "--max-episode-steps", "5"],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    store = DemoStore.open(out)
+    assert store.num_episodes == 1
+    assert "obs/gripper_points" not in store.schema.keys
+    assert not any(k.startswith("track/") for k in store.schema.keys)
