@@ -149,10 +149,21 @@ class Rig:
 
     def _start_cameras(self, running: ExitStack) -> list[Camera]:
         """Every camera started (stopped when `running` closes), once each has a frame."""
-        cameras = [
-            make_camera(self.driver, spec["name"], **{k: v for k, v in spec.items() if k != "name"})
-            for spec in self.camera_specs
-        ]
+        cameras = []
+        for spec in self.camera_specs:
+            options = {k: v for k, v in spec.items() if k not in ("name", "extrinsics")}
+            camera = make_camera(self.driver, spec["name"], **options)
+            if (pose := spec.get("extrinsics")) is not None:
+                if not isinstance(pose, dict) or set(pose) != {"R", "t"}:
+                    raise DriverError(
+                        f"camera {spec['name']}: extrinsics must be a mapping with R (3x3) and "
+                        "t (3 numbers, metres): the base frame into the camera's, OpenCV axes"
+                    )
+                try:
+                    camera.set_extrinsics(pose["R"], pose["t"])
+                except ValueError as e:
+                    raise DriverError(str(e)) from None
+            cameras.append(camera)
         for camera in cameras:
             camera.start()
             running.callback(camera.stop)

@@ -29,6 +29,16 @@ from typing import Any
 
 import numpy as np
 
+from envs.camera import CameraModel
+from envs.tracks import (
+    GRASP_KEY,
+    KEYPOINTS,
+    TRACKS_ATTR,
+    camera_attrs,
+    cameras_from_attrs,
+    project_keypoints,
+    track_key,
+)
 from il.data.motion_labels import episode_labeller, robot_labelling, with_labels
 from il.data.store import DemoStore, KeySpec, StoreSchema
 from il.sources import ActingPolicy, ActionSource, InterventionSource, PolicySource, TeleopSource
@@ -80,9 +90,44 @@ def robot_schema(
     keys["overrun"] = KeySpec((), "bool", "the step finished after its deadline")
     keys["intervention"] = KeySpec((), "bool", "the operator, not the policy, chose the action")
     keys["safety_limited"] = KeySpec((), "bool", "the safety filter changed the action")
-    schema = StoreSchema(keys=keys, fps=fps, action=spec.to_json(), source=dict(robot.identity()))
+    source = dict(robot.identity())
+    tracked = tracked_cameras(robot, cameras)
+    for camera in tracked:
+        keys[track_key(camera.name)] = KeySpec(
+            (len(KEYPOINTS), 2),
+            "float32",
+            f"motion track: the gripper's points ({', '.join(KEYPOINTS)}) in camera "
+            f"{camera.name}'s image, pixels (u right, v down); the camera's model in attrs "
+            f"source.{TRACKS_ATTR}",
+        )
+    if tracked:
+        keys[GRASP_KEY] = KeySpec((), "bool", f"motion track's grasp bit: {SESSION_GRASP}")
+        source[TRACKS_ATTR] = camera_attrs(tracked, SESSION_GRASP)
+    schema = StoreSchema(keys=keys, fps=fps, action=spec.to_json(), source=source)
     labelling = robot_labelling(keys, schema.action, schema.source, fps or robot.fps)
     return with_labels(schema, labelling)
+
+
+SESSION_GRASP = "the gripper command of the step before above 0 (closing)"
+"""How a robot session reads its grasp bit."""
+
+
+def tracked_cameras(robot: Robot | SafeRobot, cameras: Sequence[Camera]) -> list[CameraModel]:
+    """The models of the two cameras a session records motion tracks in: the first two with
+    a known pose (`Camera.extrinsics`), where the robot reports its gripper's points and has a
+    gripper in its action; none otherwise."""
+    if "gripper_points" not in robot.observation_shapes:
+        return []
+    if "gripper" not in robot.action_spec.names:
+        return []
+    models = []
+    for camera in cameras:
+        pose = camera.extrinsics
+        if pose is None:
+            continue
+        k = camera.intrinsics
+        models.append(CameraModel(camera.name, k.width, k.height, k.matrix(), *pose))
+    return models[:2] if len(models) >= 2 else []
 
 
 @dataclass
@@ -167,6 +212,8 @@ class _Episode:
     steps: int = 0
     success_at: int | None = None
     """The step at which the robot first reported success."""
+    last_grip: float = -1.0
+    """The gripper command of the step before (the grasp bit of the next): open at the start."""
 
     def summary(self, saved: bool) -> dict[str, Any]:
         return {
@@ -222,6 +269,17 @@ class Session:
             raise ValueError(f"a {self.source.mode} session needs a teleop device")
         if store is not None:
             self.source.recording_into(store)
+        self._stored = set(store.schema.keys) if store is not None else None
+        self._tracked = tracked_cameras(robot, self.cameras) if store is not None else []
+        if store is not None:
+            _check_track_cameras(store, self._tracked)
+            if not any(k.startswith("track/") for k in store.schema.keys):
+                self._tracked = []  # a store recorded without tracks goes on without
+        self._gripper_dim = (
+            list(robot.action_spec.names).index("gripper")
+            if "gripper" in robot.action_spec.names
+            else None
+        )
         if self.source.takes_text and teleop is not None:
             teleop.enable_typing()
         self.store = store
@@ -253,7 +311,8 @@ class Session:
         policy_obs: dict[str, Any] = {}
         for key in self.robot.observation_shapes:
             value = np.asarray(obs[key], dtype=np.float32)
-            record[f"obs/{key}"] = value
+            if self._stored is None or f"obs/{key}" in self._stored:
+                record[f"obs/{key}"] = value  # a store from before a key was added goes on
             policy_obs[key] = value
         for name, frame in frames.items():
             record[f"obs/image/{name}"] = frame.color
@@ -309,8 +368,17 @@ class Session:
             episode.success = True
             episode.success_at = episode.steps if episode.success_at is None else episode.success_at
         episode.steps += 1
+        tracks: dict[str, Any] = {}
+        if self._tracked and "obs/gripper_points" in record:
+            pixels = project_keypoints(self._tracked, record["obs/gripper_points"])
+            for camera, uv in zip(self._tracked, pixels, strict=True):
+                tracks[track_key(camera.name)] = uv.astype(np.float32)
+            tracks[GRASP_KEY] = np.bool_(episode.last_grip > 0)
+        if self._gripper_dim is not None:
+            episode.last_grip = float(sent[self._gripper_dim])
         return {
             **record,
+            **tracks,
             "action": np.asarray(sent, dtype=np.float32),
             "action_requested": np.asarray(asked, dtype=np.float32),
             "time/step": np.float64(wall_time),
@@ -491,6 +559,27 @@ class Session:
             self._writer.close()
             self.report.save_seconds = list(self._writer.save_seconds)
             self.report.submit_seconds = list(self._writer.submit_seconds)
+
+
+def _check_track_cameras(store: DemoStore, tracked: Sequence[CameraModel]) -> None:
+    """A store's tracks are in one set of camera models: resuming with cameras that moved (or
+    were calibrated again) would mix two, so it is refused in one line."""
+    stored = store.schema.source.get(TRACKS_ATTR)
+    has_keys = any(k.startswith("track/") for k in store.schema.keys)
+    if not has_keys:
+        return  # the store records no tracks: the session adds none
+    now = {c.name: c for c in tracked}
+    for camera in cameras_from_attrs(stored) if isinstance(stored, dict) else []:
+        same = now.get(camera.name)
+        if same is None or not (
+            np.allclose(same.K, camera.K, atol=1e-6)
+            and np.allclose(same.R, camera.R, atol=1e-6)
+            and np.allclose(same.t, camera.t, atol=1e-6)
+        ):
+            raise ValueError(
+                f"{store.path} holds motion tracks in camera {camera.name} as it was calibrated "
+                "then; this session's cameras differ: record into a new store"
+            )
 
 
 def _saver(store: DemoStore) -> Callable[..., Any]:

@@ -237,9 +237,38 @@ class Frame:
 
 
 class Camera(abc.ABC):
-    """A camera whose frames arrive on their own clock; readers take the newest."""
+    """A camera whose frames arrive on their own clock; readers take the newest.
+
+    `extrinsics`, where known, is where the camera stands: (R, t) taking a point in the robot's
+    base frame into the camera's (x_cam = R x_base + t, OpenCV axes: x right, y down, z
+    forward), from a calibration (`set_extrinsics`; a setup YAML's camera entry gives it as
+    `extrinsics: {R: [[...]], t: [...]}`). With its intrinsics it turns 3-D points into this
+    camera's pixels: what motion tracks are (`envs.tracks`)."""
 
     name: str = "camera"
+    _extrinsics: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def extrinsics(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._extrinsics
+
+    def set_extrinsics(self, R: Any, t: Any) -> None:
+        """Calibrate the camera's pose: `R` (3, 3) a rotation, `t` (3,) in metres."""
+        R = np.asarray(R, dtype=np.float64)
+        t = np.asarray(t, dtype=np.float64)
+        if R.shape != (3, 3) or t.shape != (3,):
+            raise ValueError(
+                f"camera {self.name}: extrinsics need R as 3x3 and t as 3 numbers, got "
+                f"{R.shape} and {t.shape}"
+            )
+        if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t))):
+            raise ValueError(f"camera {self.name}: extrinsics hold a value that is not finite")
+        if not np.allclose(R @ R.T, np.eye(3), atol=1e-4) or np.linalg.det(R) < 0:
+            raise ValueError(
+                f"camera {self.name}: extrinsics R is not a rotation (R Rᵀ must be the identity "
+                "and det R = 1)"
+            )
+        self._extrinsics = (R, t)
 
     @property
     @abc.abstractmethod

@@ -21,7 +21,7 @@ import mujoco
 import numpy as np
 
 import envs
-from envs.metaworld import ACTION_CONVENTION, CAMERAS, MetaWorldEnv
+from envs.metaworld import ACTION_CONVENTION, CAMERAS, MetaWorldEnv, gripper_keypoints
 from robots.base import ActionSpec, CameraIntrinsics, DriverError, Frame, Robot, ThreadedCamera
 
 __all__ = ["SIM_SAFETY", "SimArm", "SimCamera"]
@@ -45,7 +45,8 @@ class SimArm(Robot):
     Action convention (Meta-World's own): end-effector displacement of the mocap target in cm per
     step along the world axes, each in [-1, 1], and the gripper effort in [-1, 1] (+1 closes).
     Observation: "state" (Meta-World's 39-d state), "ee_pos" (m), "ee_setpoint" (the mocap
-    target the hand is pulled toward, m), "gripper" (opening, 0..1),
+    target the hand is pulled toward, m), "gripper" (opening, 0..1), "gripper_points" (5, 3:
+    the gripper's motion-track points, `envs.metaworld.gripper_keypoints`),
     "success" (1.0 once the task's success test holds), "timestamp".
     """
 
@@ -78,6 +79,7 @@ class SimArm(Robot):
             "ee_pos": (3,),
             "ee_setpoint": (3,),
             "gripper": (1,),
+            "gripper_points": (5, 3),
             "success": (1,),
         }
 
@@ -153,6 +155,7 @@ class SimArm(Robot):
                 raise DriverError(f"{self.name} is not connected; call connect() or use `with`")
             state = self._state.copy()
             setpoint = self.env.sim.data.mocap_pos[0].copy()
+            points = gripper_keypoints(self.env.sim)
             stamp = time.time()
             success = self._success
         return {
@@ -160,6 +163,7 @@ class SimArm(Robot):
             "ee_pos": state[:3].astype(np.float64),
             "ee_setpoint": setpoint,
             "gripper": state[3:4].astype(np.float64),
+            "gripper_points": points,
             "success": np.array([float(success)]),
             "timestamp": stamp,
         }
@@ -234,6 +238,18 @@ class SimCamera(ThreadedCamera):
         return CameraIntrinsics(
             self.size, self.size, float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
         )
+
+    @property
+    def extrinsics(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The scene camera's pose, exact: the simulator is its own calibration (unless the
+        setup gives one, to try a miscalibrated camera)."""
+        if self._extrinsics is not None:
+            return self._extrinsics
+        env = self.arm.env
+        model = envs.CameraModel.from_mujoco(
+            env.sim.model, env.sim.data, self.name, self.size, self.size
+        )
+        return model.R, model.t
 
     def _open(self) -> None:
         self.arm.env  # noqa: B018 (raises if the arm is not connected)

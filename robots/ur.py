@@ -46,6 +46,7 @@ from robots.base import (
     Robot,
     vendor_library,
 )
+from robots.gripper import GripperGeometry
 from robots.rotations import matrix_from_rotvec, rotvec_from_matrix
 from robots.vendor_process import VendorHost, host_vendor
 
@@ -109,12 +110,15 @@ class URArm(Robot):
     `isolate`: run ur_rtde in a process of its own (default), so a crash in it is a
     `DriverCrashed` rather than the end of the process; `answer_within`: seconds that process
     may take to answer a read or a command before it counts as hung (and is ended).
+    `gripper_geometry`: the gripper's size for its motion-track points (`robots.gripper`).
 
     Observation: "joint_pos", "joint_vel" (6, rad, rad/s), "ee_pos" (3, m, base frame),
     "ee_rot" (3, rotation vector), "ee_setpoint" (3, m: servoL the driver's setpoint, servoJ
     the controller's target TCP), "tcp_force" (6, N and Nm), "gripper" (1, last command),
     "robot_mode" and "safety_mode" (1, the controller's codes: 7 RUNNING; 1 NORMAL,
-    3 PROTECTIVE_STOP, 6/7 emergency stops), "timestamp" (wall clock at the read).
+    3 PROTECTIVE_STOP, 6/7 emergency stops), "gripper_points" (5, 3: the gripper's
+    motion-track points in the base frame, from the TCP pose and `gripper_geometry`),
+    "timestamp" (wall clock at the read).
     """
 
     def __init__(
@@ -134,6 +138,7 @@ class URArm(Robot):
         connect_timeout: float = 10.0,
         isolate: bool = True,
         answer_within: float = 1.0,
+        gripper_geometry: dict[str, float] | None = None,
     ) -> None:
         if not host:
             raise DriverError("UR arm: give the controller's address, e.g. ur:192.168.1.10")
@@ -170,6 +175,10 @@ class URArm(Robot):
         self.connect_timeout = float(connect_timeout)
         self.isolate = bool(isolate)
         self.answer_within = float(answer_within)
+        try:
+            self.gripper_geometry = GripperGeometry.from_options(gripper_geometry)
+        except ValueError as e:
+            raise DriverError(f"UR arm: {e}") from None
         self._link: VendorHost | None = None
         self._identity: dict[str, Any] = {}
         self._lost: ConnectionLost | None = None
@@ -214,6 +223,7 @@ class URArm(Robot):
             "ee_setpoint": (3,),
             "tcp_force": (6,),
             "gripper": (1,),
+            "gripper_points": (5, 3),
             "robot_mode": (1,),
             "safety_mode": (1,),
         }
@@ -329,6 +339,9 @@ class URArm(Robot):
             "ee_setpoint": setpoint,
             "tcp_force": np.asarray(state["force"], dtype=np.float64),
             "gripper": np.array([self._gripper]),
+            "gripper_points": self.gripper_geometry.points(
+                tcp[:3], tcp[3:], (self._gripper + 1.0) / 2.0
+            ),
             "robot_mode": np.array([float(state["robot_mode"])]),
             "safety_mode": np.array([float(state["safety_mode"])]),
             "timestamp": stamp,

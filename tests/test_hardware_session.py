@@ -211,6 +211,12 @@ def test_unplugged_servo_arm_stops_with_one_line_and_a_whole_store(
 
 
 # --------------------------------------------------------------------------- UR + RealSense
+FRONT = {"R": [[0, 1, 0], [0, 0, -1], [-1, 0, 0]], "t": [0, 0.3, 1.2]}
+"""A camera 1.2 m in front of the base (+x), looking back at it, level."""
+SIDE = {"R": [[-1, 0, 0], [0, 0, -1], [0, -1, 0]], "t": [0, 0.3, 1.2]}
+"""... and one 1.2 m to the side (+y)."""
+
+
 @pytest.fixture
 def ur(tmp_path: Path) -> Iterator[tuple[URControllerEmulator, Path, str]]:
     """An emulated UR5e, a RealSense recording, and the setup YAML naming both."""
@@ -222,7 +228,12 @@ def ur(tmp_path: Path) -> Iterator[tuple[URControllerEmulator, Path, str]]:
             (Path(__file__).resolve().parents[1] / "configs/robots/ur5e.yaml").read_text()
         )
         setup["robot"] = f"ur:{controller.host}"
-        setup["cameras"] = [{"name": camera, "size": 32, "loop": True, "label": "wrist"}]
+        # two views of the cell, calibrated (both play the same recording): the session then
+        # stores motion tracks of the gripper points the driver places from the tool pose
+        setup["cameras"] = [
+            {"name": camera, "size": 32, "loop": True, "label": "wrist", "extrinsics": FRONT},
+            {"name": camera, "size": 32, "loop": True, "label": "side", "extrinsics": SIDE},
+        ]
         path = tmp_path / "ur.yaml"
         path.write_text(yaml.safe_dump(setup))
         yield controller, path, camera
@@ -278,6 +289,14 @@ def test_ur_with_realsense_records_from_the_keyboard_replays_and_deploys(ur, tmp
         # every frame was captured before the step that stored it
         assert np.all(ep["time/image/wrist"] <= ep["time/robot"] + 1e-3)
         assert s.schema.source["safety"]["max_speed"] == 0.25
+        # motion tracks from the two calibrated views lift back onto the gripper's points
+        from envs.camera import triangulate
+        from envs.tracks import cameras_from_attrs
+
+        views = cameras_from_attrs(s.schema.source["tracks"])
+        lifted = triangulate(views, [ep[f"track/{c.name}"] for c in views])
+        assert [c.name for c in views] == ["wrist", "side"]
+        assert np.abs(lifted - ep["obs/gripper_points"]).max() < 1e-3
     after_record = controller.state()
     assert after_record["tcp"][0] - start["tcp"][0] > 0.02
 

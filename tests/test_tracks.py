@@ -97,3 +97,114 @@ def test_resuming_keeps_the_stores_tracks_and_bad_requests_are_one_line(recorded
         )
         assert run.returncode != 0 and message in run.stderr, run.stderr
         assert "Traceback" not in run.stderr
+
+
+# --- robot sessions ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint(store_path, tmp_path_factory) -> str:
+    from conftest import config_for
+
+    from il.train import train
+
+    out = tmp_path_factory.mktemp("tracks-deploy") / "run"
+    train(config_for(store_path, out, "train.steps=20"))
+    return str(out)
+
+
+def test_a_deploy_session_on_the_simulated_arm_records_tracks(checkpoint, tmp_path):
+    """Two scene cameras (whose pose the simulator knows) and the arm's own gripper points:
+    the session stores their tracks, which lift back onto the points the arm reported."""
+    out = str(tmp_path / "deploy.zarr")
+    subprocess.run(
+        [*IL, "deploy", "--checkpoint", checkpoint, "--robot", "sim:metaworld/reach-v3",
+         "--camera", "corner", "--camera", "corner2", "--hz", "80", "--record", out,
+         "--episodes", "1", "--max-episode-steps", "30"],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    store = DemoStore.open(out)
+    cameras = cameras_from_attrs(store.schema.source[TRACKS_ATTR])
+    assert [c.name for c in cameras] == ["corner", "corner2"]
+    episode = store.read_episode(0)
+    lifted = triangulate(cameras, [episode[track_key(c.name)] for c in cameras])
+    error_mm = 1000 * np.linalg.norm(lifted - episode["obs/gripper_points"], axis=-1)
+    assert error_mm.max() < 1.0, error_mm.max()
+    grasp = episode[GRASP_KEY]
+    assert not grasp[0]
+    np.testing.assert_array_equal(grasp[1:], episode["action"][:-1, 3] > 0)
+    info = subprocess.run([*IL, "info", out], capture_output=True, text=True, check=True).stdout
+    assert "motion tracks: corner 84x84" in info
+
+
+def test_a_gripper_model_places_the_points_of_an_arm_that_reports_its_tool_pose():
+    """A real arm reports only its tool pose: the points come from the gripper's size, turned
+    with the tool, closing in as the gripper closes."""
+    from robots.gripper import GripperGeometry
+    from robots.rotations import matrix_from_rotvec
+
+    geometry = GripperGeometry()
+    at = np.array([0.4, -0.1, 0.3])
+    upright = geometry.points(at, np.zeros(3), closed=0.0)
+    np.testing.assert_allclose(upright[0], at)
+    np.testing.assert_allclose(upright[1] - upright[3], [0, 0.1, 0])  # 5 cm either side, open
+    np.testing.assert_allclose(upright[2] - upright[1], [0, 0, -0.075])  # up the finger
+    closed = geometry.points(at, np.zeros(3), closed=1.0)
+    np.testing.assert_allclose(closed[1] - closed[3], [0, 0.05, 0])
+    turn = np.array([np.pi, 0.0, 0.0])  # tool pointing down, as on a table-top arm
+    down = geometry.points(at, turn, closed=0.0)
+    np.testing.assert_allclose(down - at, (upright - at) @ matrix_from_rotvec(turn).T, atol=1e-12)
+    assert down[2][2] > down[1][2]  # pointing down, the finger's upper point is above its tip
+    with pytest.raises(ValueError, match="unknown key 'width'"):
+        GripperGeometry.from_options({"width": 0.1})
+    with pytest.raises(ValueError, match="closed_half_width must not be above"):
+        GripperGeometry.from_options({"closed_half_width": 0.2})
+
+
+def test_camera_poses_from_a_setup_are_checked(tmp_path):
+    from robots.sim import SimArm
+
+    arm = SimArm("metaworld/reach-v3")
+    with arm:
+        camera = arm.camera("corner")
+        exact_R, exact_t = camera.extrinsics
+        camera.set_extrinsics(exact_R, exact_t + 0.01)  # a calibration, slightly off
+        np.testing.assert_allclose(camera.extrinsics[1], exact_t + 0.01)
+        with pytest.raises(ValueError, match="is not a rotation"):
+            camera.set_extrinsics(2 * np.eye(3), np.zeros(3))
+        with pytest.raises(ValueError, match="R as 3x3 and t as 3 numbers"):
+            camera.set_extrinsics(np.eye(3), np.zeros(2))
+
+
+def test_a_store_recorded_before_gripper_points_and_tracks_takes_more_episodes(
+    checkpoint, tmp_path
+):
+    """A session store from before the gripper's points and tracks were recorded: a new
+    session resumes into it with the keys it has."""
+    from il.data.store import StoreSchema
+    from il.session import robot_schema
+    from robots.safety import SafeRobot, SafetyConfig
+    from robots.sim import SIM_SAFETY, SimArm
+
+    arm = SimArm("metaworld/reach-v3")
+    safe = SafeRobot(arm, SafetyConfig.from_dict(SIM_SAFETY))
+    with safe:
+        cameras = [arm.camera(name) for name in ("corner", "corner2")]
+        new = robot_schema(safe, cameras, {"corner": (84, 84), "corner2": (84, 84)}, 80)
+    assert {"obs/gripper_points", "track/corner", "track/grasp"} <= set(new.keys)
+    keys = {
+        k: v
+        for k, v in new.keys.items()
+        if k != "obs/gripper_points" and not k.startswith("track/")
+    }
+    source = {k: v for k, v in new.source.items() if k != TRACKS_ATTR}
+    out = str(tmp_path / "old.zarr")
+    DemoStore.create(out, StoreSchema(keys, new.fps, new.action, source)).close()
+    subprocess.run(
+        [*IL, "deploy", "--checkpoint", checkpoint, "--robot", "sim:metaworld/reach-v3",
+         "--camera", "corner", "--camera", "corner2", "--hz", "80", "--record", out,
+         "--episodes", "1", "--max-episode-steps", "5"],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    store = DemoStore.open(out)
+    assert store.num_episodes == 1
+    assert "obs/gripper_points" not in store.schema.keys
+    assert not any(k.startswith("track/") for k in store.schema.keys)

@@ -266,20 +266,33 @@ def with_labels(schema: StoreSchema, labelling: MotionLabelling | str) -> StoreS
     return StoreSchema(keys=keys, fps=schema.fps, action=schema.action, source=source)
 
 
+LATER_KEYS = (KEY, "obs/gripper_points", "track/")
+"""Keys robot sessions store that older stores lack (a `/` at the end: every key under it)."""
+
+
 def as_stored(path: str, schema: StoreSchema) -> StoreSchema:
-    """The schema a session records into the store at `path` with: `schema`, less the labels
-    where that store exists and was recorded without them (before robot sessions were
-    labelled), so that recording resumes into it; `il relabel` labels all of it later."""
-    if KEY not in schema.keys:
+    """The schema a session records into the store at `path` with: `schema`, less the keys
+    added to sessions since that store was recorded (`LATER_KEYS`: the labels, the gripper's
+    points, motion tracks) where it exists without them, so that recording resumes into it;
+    `il relabel` labels all of it later."""
+
+    def later(key: str) -> bool:
+        return any(key == k or (k.endswith("/") and key.startswith(k)) for k in LATER_KEYS)
+
+    if not any(later(k) for k in schema.keys):
         return schema
     try:
         with DemoStore.open(path) as existing:
-            if KEY in existing.schema.keys:
-                return schema
+            held = set(existing.schema.keys)
     except StoreError:
         return schema  # none there yet, or one whose problem opening it to append reports
-    keys = {k: v for k, v in schema.keys.items() if k != KEY}
-    return StoreSchema(keys=keys, fps=schema.fps, action=schema.action, source=schema.source)
+    keys = {k: v for k, v in schema.keys.items() if not later(k) or k in held}
+    if keys.keys() == schema.keys.keys():
+        return schema
+    source = dict(schema.source)
+    if not any(k.startswith("track/") for k in keys):
+        source.pop("tracks", None)
+    return StoreSchema(keys=keys, fps=schema.fps, action=schema.action, source=source)
 
 
 def episode_labeller(
