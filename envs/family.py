@@ -87,6 +87,10 @@ class RecordSpec:
     """Steps kept after the first success; None records the full episode."""
     action_noise: float = 0.0
     """Standard deviation of Gaussian noise added to the executed action (0: none)."""
+    human_proxy: Any = None
+    """`envs.human_proxy.HumanProxy` settings to store the episodes as a person's video would
+    show them (images, distorted keypoints, a grasp read from the images) instead of the
+    expert's recording; None: the expert's recording."""
     track_cameras: tuple[str, ...] | None = None
     """The two cameras to record motion tracks in (`envs.tracks`); None: the family's own
     pair, (): none."""
@@ -114,6 +118,13 @@ class Recording:
     episode_labels: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None
     """Per episode, from its stacked steps: labels that need the whole episode (Meta-World: the
     language-motion label, which looks a few steps ahead)."""
+    finish: Callable[[gym.Env, dict[str, np.ndarray], int], dict[str, np.ndarray]] | None = None
+    """Per episode, last: what the store keeps of the rollout's arrays, from the env it ran in
+    and its seed (a human-proxy recording: the views rendered again, keypoints as a hand
+    tracker reports them); None keeps the arrays."""
+    episode_source: str = "expert"
+    """Who each stored episode is by (the episodes' `source`): the expert, or `human` for a
+    human-proxy recording."""
 
 
 @dataclass(frozen=True)

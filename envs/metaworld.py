@@ -33,6 +33,7 @@ reward, the expert's procedure, a language-motion label and the MuJoCo state), w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -746,6 +747,10 @@ def _recording(suite: Suite, spec: RecordSpec) -> Recording:
     sim_state_sizes = {}
     cameras: tuple[CameraModel, ...] = ()
     names = TRACK_CAMERAS if spec.track_cameras is None else spec.track_cameras
+    if spec.human_proxy is not None:
+        if not names:
+            raise ValueError("a human-proxy recording is its two cameras' views: give --tracks")
+        obs = ("state",)  # what the expert reads; the proxy keeps none of it
     for name in suite.task_names:
         probe = suite.make(name, obs=("state",))
         sim_state_sizes[name] = probe.sim_state_size
@@ -814,6 +819,8 @@ def _recording(suite: Suite, spec: RecordSpec) -> Recording:
     }
     if cameras:
         source[TRACKS_ATTR] = camera_attrs(cameras, GRASP_SIGNAL)
+    if spec.human_proxy is not None:
+        return _human_proxy_recording(keys, source, cameras, spec, state_size)
     return Recording(
         obs=obs,
         keys=keys,
@@ -821,6 +828,131 @@ def _recording(suite: Suite, spec: RecordSpec) -> Recording:
         step_labels=functools.partial(_step_labels, size=state_size, cameras=cameras),
         episode_labels=functools.partial(_language_motion, MOTION_LABELLING),
     )
+
+
+def _human_proxy_recording(
+    keys: dict[str, StepKey],
+    source: dict[str, Any],
+    cameras: tuple[CameraModel, ...],
+    spec: RecordSpec,
+    state_size: int,
+) -> Recording:
+    """What a human-proxy recording stores (`envs.human_proxy`): each camera's view rendered
+    again as the proxy looks, the keypoints as a hand tracker reports them, a grasp bit read
+    from the images, and success; nothing of the robot."""
+    proxy = spec.human_proxy
+    kept = {
+        f"obs/image/{c.name}": StepKey(
+            (c.height, c.width, 3), "uint8", f"RGB from camera {c.name}, as the proxy video looks"
+        )
+        for c in cameras
+    }
+    for c in cameras:
+        kept[track_key(c.name)] = StepKey(
+            (len(KEYPOINTS), 2),
+            "float32",
+            f"motion track as a hand tracker reports it: the gripper's points, distorted as a "
+            f"hand and with per-frame noise, in camera {c.name}'s image (pixels)",
+        )
+    kept[GRASP_KEY] = StepKey((), "bool", f"grasp bit: {_PROXY_GRASP}")
+    kept["success"] = keys["success"]
+    source = {
+        k: v
+        for k, v in source.items()
+        if k not in ("language_motion_vocabulary", "language_motion_labels", "sim_state_sizes")
+    }
+    source[TRACKS_ATTR] = camera_attrs(cameras, _PROXY_GRASP)
+    source["human_proxy"] = dataclasses.asdict(proxy)
+    return Recording(
+        obs=("state",),
+        keys=kept,
+        source=source,
+        step_labels=functools.partial(_step_labels, size=state_size, cameras=()),
+        finish=functools.partial(_human_proxy_episode, cameras=cameras, proxy=proxy),
+        episode_source="human",
+    )
+
+
+_PROXY_GRASP = (
+    "from the images, never the gripper: both fingertips near the object's mask (a segmentation "
+    "render) in either view, for several frames in a row (attrs source.human_proxy)"
+)
+_GRIPPER_BODIES = ("hand", "rightclaw", "rightpad", "leftclaw", "leftpad")
+
+
+def _human_proxy_episode(
+    env: Any,
+    arrays: dict[str, np.ndarray],
+    seed: int,
+    *,
+    cameras: tuple[CameraModel, ...],
+    proxy: Any,
+) -> dict[str, np.ndarray]:
+    """The episode's views, keypoints and grasp bits as a person's video would give them,
+    replayed from its sim states (`envs.human_proxy`)."""
+    from envs.human_proxy import distort_keypoints, grasp_from_masks
+
+    unwrapped = getattr(env, "unwrapped", env)
+    sim = unwrapped.sim
+    model = sim.model
+    appearance = proxy.appearance
+    body_of = model.geom_bodyid
+    gripper = np.isin(body_of, [model.body(n).id for n in _GRIPPER_BODIES])
+    table = body_of == model.body("tablelink").id
+    objects = _object_geoms(model)
+    saved = model.geom_rgba.copy(), model.geom_matid.copy()
+    size = cameras[0].width
+    renderer = Renderer(model, size, size)
+    images: dict[str, list[np.ndarray]] = {c.name: [] for c in cameras}
+    masks: dict[str, list[np.ndarray]] = {c.name: [] for c in cameras}
+    points = []
+    try:
+        model.geom_rgba[gripper] = appearance.gripper_rgba
+        model.geom_rgba[table] = appearance.table_rgba
+        model.geom_matid[gripper | table] = -1  # a material's colour would win over the rgba
+        for state in arrays["sim_state"]:
+            unwrapped.set_sim_state(state)
+            points.append(gripper_keypoints(sim))
+            for c in cameras:
+                images[c.name].append(renderer.render(sim.data, c.name))
+                seen = renderer.segmentation(sim.data, c.name)
+                masks[c.name].append(
+                    (seen[..., 1] == mujoco.mjtObj.mjOBJ_GEOM)
+                    & objects[np.maximum(seen[..., 0], 0)]
+                    & (seen[..., 0] >= 0)
+                )
+    finally:
+        model.geom_rgba[:], model.geom_matid[:] = saved
+        renderer.close()
+    rng = np.random.default_rng([seed, 11])
+    hand = distort_keypoints(np.stack(points), proxy)
+    out: dict[str, np.ndarray] = {"success": arrays["success"]}
+    grasp = np.zeros(len(hand), dtype=bool)
+    for c in cameras:
+        pixels = c.project(hand) + rng.normal(0.0, proxy.noise_px, (len(hand), len(KEYPOINTS), 2))
+        out[f"obs/image/{c.name}"] = np.stack(images[c.name])
+        out[track_key(c.name)] = pixels.astype(np.float32)
+        grasp |= grasp_from_masks(
+            pixels[:, [1, 3]], np.stack(masks[c.name]), proxy.grasp_radius_px, proxy.grasp_frames
+        )
+    out[GRASP_KEY] = grasp
+    return out
+
+
+def _object_geoms(model: mujoco.MjModel) -> np.ndarray:
+    """(ngeom,) bool: geoms of what the task moves — bodies that can move (a joint on the way
+    to the world) and are not the arm."""
+    parent = model.body_parentid
+    arm_root = model.body("right_arm_base_link").id
+    movable = np.zeros(model.nbody, dtype=bool)
+    arm = np.zeros(model.nbody, dtype=bool)
+    for b in range(model.nbody):
+        a = b
+        while a != 0:
+            movable[b] |= model.body_jntnum[a] > 0
+            arm[b] |= a == arm_root
+            a = parent[a]
+    return (movable & ~arm)[model.geom_bodyid]
 
 
 def _step_labels(

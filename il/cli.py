@@ -411,10 +411,19 @@ def eval_(
 @app.command("record")
 @click.option(
     "--source",
-    type=click.Choice(["expert"]),
+    type=click.Choice(["expert", "human-proxy"]),
     default="expert",
     show_default=True,
-    help="Who acts: the scripted experts.",
+    help="Who acts: the scripted experts; human-proxy stores their episodes as a video of a "
+    "person's hand would show them (two views with the gripper recoloured, keypoints "
+    "distorted and noisy, grasp read from the images; no state, no actions), source human.",
+)
+@click.option(
+    "--proxy-noise",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="human-proxy: per-frame keypoint noise, pixels (a hand tracker's error).",
 )
 @_rollout_options(episodes_per_task=20)
 @click.option(
@@ -475,6 +484,7 @@ def record(
     full_episodes: bool,
     action_noise: float,
     track_cameras: str | None,
+    proxy_noise: float,
     max_episode_steps: int | None,
     robot: str | None,
     camera: tuple[str, ...],
@@ -545,6 +555,7 @@ def record(
                 seed=seed,
                 action_noise=action_noise,
                 track_cameras=_track_cameras(track_cameras),
+                human_proxy=_human_proxy(source, proxy_noise),
                 on_episode=on_episode,
             )
         except (StoreError, ValueError) as e:  # ValueError: a request the family cannot record
@@ -556,6 +567,15 @@ def record(
     )
     for line in summary.short:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _human_proxy(source: str, noise_px: float) -> Any:
+    """The human-proxy settings `il record --source human-proxy` asks for (None: the expert)."""
+    if source != "human-proxy":
+        return None
+    from envs.human_proxy import HumanProxy
+
+    return HumanProxy(noise_px=noise_px)
 
 
 def _track_cameras(given: str | None) -> tuple[str, ...] | None:

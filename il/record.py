@@ -104,9 +104,9 @@ def _schema(suite: TaskSuite, plan: RecordPlan) -> StoreSchema:
         "variations": {name: n for name, n in counts.items() if n is not None},
         **plan.recording.source,
     }
-    return StoreSchema(
-        keys=keys, fps=family.fps, action=dict(family.action_convention), source=source
-    )
+    # a store without actions (a human-proxy recording) states no action convention
+    action = dict(family.action_convention) if "action" in keys else {}
+    return StoreSchema(keys=keys, fps=family.fps, action=action, source=source)
 
 
 def rollout_expert(plan: RecordPlan, task: Any, seed: int) -> tuple[dict[str, np.ndarray], Any]:
@@ -158,12 +158,14 @@ def rollout_expert(plan: RecordPlan, task: Any, seed: int) -> tuple[dict[str, np
     arrays = {k: np.stack(v) for k, v in steps.items()}
     if recording.episode_labels is not None:
         arrays.update(recording.episode_labels(arrays))
+    if recording.finish is not None:
+        arrays = recording.finish(env, arrays, seed)
     meta = {
         "task": task.name,
         "instruction": task.instruction,
         "success": success_at is not None,
         "seed": seed,
-        "source": "expert",
+        "source": recording.episode_source,
         "variation": int(reset_info.get("variation", -1)),
         "task_seed": plan.task_seed,
     }
@@ -234,6 +236,7 @@ def record_expert(
     seed: int = 0,
     action_noise: float = 0.0,
     track_cameras: Sequence[str] | None = None,
+    human_proxy: Any = None,
     on_episode: Callable[[str, bool], None] | None = None,
 ) -> RecordSummary:
     """Record `episodes_per_task` expert episodes of every task of `suite` into `out`: episode
@@ -247,10 +250,14 @@ def record_expert(
 
     `track_cameras`: the two cameras to record motion tracks in (`envs.tracks`); None: the
     family's pair, or, resuming, the store's (none for a store recorded without them).
+    `human_proxy`: `envs.human_proxy.HumanProxy` settings to store each episode as a video of
+    a person would show it (source `human`) rather than as the expert's recording.
     """
     if episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be at least 1, got {episodes_per_task}")
     defaults = envs.defaults(suite.name)
+    if human_proxy is not None and not envs.family_of(suite.name).track_cameras:
+        raise ValueError(f"{suite.name} has no gripper for a human-proxy video to show")
     if track_cameras is None:
         track_cameras = _stored_track_cameras(out)
     elif track_cameras and not envs.family_of(suite.name).track_cameras:
@@ -264,6 +271,7 @@ def record_expert(
         steps_after_success,
         action_noise=action_noise,
         track_cameras=None if track_cameras is None else tuple(track_cameras),
+        human_proxy=human_proxy,
     )
     plan = plan_recording(suite, spec)
     with contextlib.ExitStack() as stack:

@@ -88,6 +88,8 @@ def test_resuming_keeps_the_stores_tracks_and_bad_requests_are_one_line(recorded
         (["--tracks", "corner"], "--tracks takes two cameras"),
         (["--tracks", "corner,nowhere"], "unknown Meta-World camera 'nowhere'"),
         (["--env", "maze/tunnel16/3", "--tracks", "a,b"], "no gripper to record motion tracks"),
+        (["--env", "maze/tunnel16/3", "--source", "human-proxy"], "no gripper for a human-proxy"),
+        (["--source", "human-proxy", "--tracks", "none"], "two cameras' views: give --tracks"),
     ]:
         env = [] if "--env" in args else ["--env", "metaworld/reach-v3"]
         run = subprocess.run(
@@ -208,3 +210,61 @@ def test_a_store_recorded_before_gripper_points_and_tracks_takes_more_episodes(
     assert store.num_episodes == 1
     assert "obs/gripper_points" not in store.schema.keys
     assert not any(k.startswith("track/") for k in store.schema.keys)
+
+
+# --- human-proxy demonstrations ------------------------------------------------------------------
+def test_a_human_proxy_recording_holds_what_a_video_of_a_hand_would(recorded, tmp_path):
+    """Two views with the scene recoloured, keypoints where a hand tracker would put them,
+    grasp bits read from the images; nothing of the robot (METHODS §1b)."""
+    suite, expert_path = recorded
+    path = str(tmp_path / "proxy.zarr")
+    subprocess.run(
+        [*IL, "record", "--source", "human-proxy", "--env", "metaworld/pick-place-v3",
+         "--episodes-per-task", "1", "--workers", "1", "--out", path],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    proxy, expert = DemoStore.open(path), DemoStore.open(expert_path)
+    assert set(proxy.schema.keys) == {
+        "obs/image/corner", "obs/image/corner2", "track/corner", "track/corner2",
+        "track/grasp", "success",
+    }  # fmt: skip
+    assert list(proxy.episode_meta()["source"]) == ["human"]
+    assert proxy.schema.source["human_proxy"]["noise_px"] == 1.0
+    ours, theirs = proxy.read_episode(0), expert.read_episode(0)  # the same episode (seed 0)
+    assert len(ours["success"]) == len(theirs["action"])
+    # keypoints: a hand's, not the gripper's — off by the distortion and the noise, not more
+    off = np.linalg.norm(ours["track/corner"] - theirs["track/corner"], axis=-1)
+    assert 0.3 < off.mean() < 5.0, off.mean()
+    # the grasp comes from the images: close to the gripper's own, never a copy of it
+    grasp, truth = ours["track/grasp"], theirs["track/grasp"]
+    assert grasp.any() and (grasp == truth).mean() > 0.7 and not np.array_equal(grasp, truth)
+    # and it looks like another scene: the table is recoloured
+    assert np.abs(ours["obs/image/corner"][0].astype(int) - _expert_view(suite, 0)).mean() > 5
+
+
+def _expert_view(suite, seed: int) -> np.ndarray:
+    env = suite.make("pick-place-v3", obs=("image/corner",))
+    obs, _ = env.reset(seed=seed)
+    return obs["image/corner"].astype(int)
+
+
+def test_distortion_and_grasp_heuristic():
+    from envs.human_proxy import HumanProxy, distort_keypoints, grasp_from_masks
+
+    gripper = np.array(
+        [[0, 0, 0], [0, 0.05, 0], [0, 0.05, 0.045], [0, -0.05, 0], [0, -0.05, 0.045]], float
+    )
+    hand = distort_keypoints(gripper, HumanProxy(spread=1.5, base_offset=0.02))
+    np.testing.assert_allclose(hand[1] - hand[3], [0, 0.15, 0])  # wider, by the spread
+    np.testing.assert_allclose(hand[2] - hand[1], gripper[2] - gripper[1])  # finger length kept
+    np.testing.assert_allclose(hand[0], [0, 0, 0.02])  # the base moved up the fingers
+    masks = np.zeros((8, 10, 10), bool)
+    masks[:, 4:6, 4:6] = True
+    near, far = [[4, 3], [6, 3]], [[0, 9], [9, 9]]  # fingertips (u, v): touching, or not
+    tips = np.array([far, near, near, near, far, near, near, near], float)
+    np.testing.assert_array_equal(
+        grasp_from_masks(tips, masks, radius_px=1.5, frames=3),
+        [False, False, False, True, False, False, False, True],
+    )
+    with pytest.raises(ValueError, match="grasp_frames must be a whole number"):
+        HumanProxy(grasp_frames=0)

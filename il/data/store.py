@@ -84,7 +84,9 @@ LATER_META_FIELDS: dict[str, int] = {"variation": -1, "task_seed": -1}
 reads as where its store predates them (-1: not known): the env's variation (which object and
 goal positions) and the benchmark seed its variations were drawn with. Appending to such a
 store adds the field, -1 for the episodes before."""
-SOURCES = ("expert", "teleop", "policy", "intervention")
+SOURCES = ("expert", "teleop", "policy", "intervention", "human")
+"""Who an episode is by: a scripted expert, an operator driving the robot, a policy, a policy
+an operator or corrector stepped in on, or a person's hand on video (no robot at all)."""
 CHECKSUM = "crc32"
 """How `meta/checksums` sums an episode's rows of one key (see `rows_checksum`)."""
 _NO_CHECKSUM = -1  # fill value of meta/checksums: an episode written without one
