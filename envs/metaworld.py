@@ -64,6 +64,7 @@ from envs.tracks import (
     camera_attrs,
     project_keypoints,
     track_key,
+    track_keys,
 )
 
 __all__ = [
@@ -789,16 +790,8 @@ def _recording(suite: Suite, spec: RecordSpec) -> Recording:
     keys["language_motion"] = StepKey(
         (), "int16", "index into attrs source.language_motion_vocabulary"
     )
-    for camera in cameras:
-        keys[track_key(camera.name)] = StepKey(
-            (len(KEYPOINTS), 2),
-            "float32",
-            f"motion track: the gripper's points ({', '.join(KEYPOINTS)}) in camera "
-            f"{camera.name}'s image, pixels (u right, v down) at {camera.width}x{camera.height}; "
-            f"the camera's model in attrs source.{TRACKS_ATTR}",
-        )
-    if cameras:
-        keys[GRASP_KEY] = StepKey((), "bool", f"motion track's grasp bit: {GRASP_SIGNAL}")
+    for name, (shape, dtype, description) in track_keys(cameras, GRASP_SIGNAL).items():
+        keys[name] = StepKey(shape, dtype, description)
     keys["sim_state"] = StepKey(
         (state_size,),
         "float64",
@@ -847,14 +840,9 @@ def _human_proxy_recording(
         )
         for c in cameras
     }
-    for c in cameras:
-        kept[track_key(c.name)] = StepKey(
-            (len(KEYPOINTS), 2),
-            "float32",
-            f"motion track as a hand tracker reports it: the gripper's points, distorted as a "
-            f"hand and with per-frame noise, in camera {c.name}'s image (pixels)",
-        )
-    kept[GRASP_KEY] = StepKey((), "bool", f"grasp bit: {_PROXY_GRASP}")
+    whose = "the gripper's points as a hand tracker reports them (distorted as a hand, noisy)"
+    for name, (shape, dtype, description) in track_keys(cameras, _PROXY_GRASP, whose).items():
+        kept[name] = StepKey(shape, dtype, description)
     kept["success"] = keys["success"]
     source = {
         k: v

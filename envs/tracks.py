@@ -27,6 +27,7 @@ __all__ = [
     "cameras_from_attrs",
     "project_keypoints",
     "track_key",
+    "track_keys",
 ]
 
 KEYPOINTS: tuple[str, ...] = ("centre", "left tip", "left upper", "right tip", "right upper")
@@ -40,6 +41,27 @@ TRACKS_ATTR = "tracks"
 def track_key(camera: str) -> str:
     """The per-step key of the gripper's points in `camera`'s image: (5, 2) pixels (u, v)."""
     return f"track/{camera}"
+
+
+def track_keys(
+    cameras: Sequence[CameraModel], grasp: str, whose: str = "the gripper's points"
+) -> dict[str, tuple[tuple[int, ...], str, str]]:
+    """The per-step keys of tracks in `cameras` and of the grasp bit (read as `grasp` says),
+    each as (shape, dtype, description), for a recorder's schema. `whose`: what the points
+    are, for the description (a proxy's are a hand tracker's)."""
+    keys: dict[str, tuple[tuple[int, ...], str, str]] = {
+        track_key(c.name): (
+            (len(KEYPOINTS), 2),
+            "float32",
+            f"motion track: {whose} ({', '.join(KEYPOINTS)}) in camera {c.name}'s image, pixels "
+            f"(u right, v down) at {c.width}x{c.height}; the camera's model in attrs "
+            f"source.{TRACKS_ATTR}",
+        )
+        for c in cameras
+    }
+    if cameras:
+        keys[GRASP_KEY] = ((), "bool", f"motion track's grasp bit: {grasp}")
+    return keys
 
 
 def project_keypoints(cameras: Sequence[CameraModel], points: np.ndarray) -> np.ndarray:

@@ -32,12 +32,12 @@ import numpy as np
 from envs.camera import CameraModel
 from envs.tracks import (
     GRASP_KEY,
-    KEYPOINTS,
     TRACKS_ATTR,
     camera_attrs,
     cameras_from_attrs,
     project_keypoints,
     track_key,
+    track_keys,
 )
 from il.data.motion_labels import episode_labeller, robot_labelling, with_labels
 from il.data.store import DemoStore, KeySpec, StoreSchema
@@ -92,16 +92,9 @@ def robot_schema(
     keys["safety_limited"] = KeySpec((), "bool", "the safety filter changed the action")
     source = dict(robot.identity())
     tracked = tracked_cameras(robot, cameras)
-    for camera in tracked:
-        keys[track_key(camera.name)] = KeySpec(
-            (len(KEYPOINTS), 2),
-            "float32",
-            f"motion track: the gripper's points ({', '.join(KEYPOINTS)}) in camera "
-            f"{camera.name}'s image, pixels (u right, v down); the camera's model in attrs "
-            f"source.{TRACKS_ATTR}",
-        )
+    for name, (shape, dtype, description) in track_keys(tracked, SESSION_GRASP).items():
+        keys[name] = KeySpec(shape, dtype, description)
     if tracked:
-        keys[GRASP_KEY] = KeySpec((), "bool", f"motion track's grasp bit: {SESSION_GRASP}")
         source[TRACKS_ATTR] = camera_attrs(tracked, SESSION_GRASP)
     schema = StoreSchema(keys=keys, fps=fps, action=spec.to_json(), source=source)
     labelling = robot_labelling(keys, schema.action, schema.source, fps or robot.fps)
