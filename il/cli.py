@@ -419,6 +419,23 @@ def eval_(
     "distorted and noisy, grasp read from the images; no state, no actions), source human.",
 )
 @click.option(
+    "--human-video",
+    type=click.Path(path_type=str),
+    default=None,
+    metavar="CLIP",
+    help="Record a video of a person's hand instead: a clip folder (calibration.yaml, frames "
+    "or an mp4 per camera, keypoints.npz) or a folder of them, as human episodes of the one "
+    "task --tasks names (see the README's motion tracks).",
+)
+@click.option(
+    "--hand",
+    type=click.Choice(["right", "left"]),
+    default="right",
+    show_default=True,
+    help="--human-video: the hand in the clips (puts the thumb on the gripper's left finger "
+    "for a right hand).",
+)
+@click.option(
     "--proxy-noise",
     type=click.FloatRange(min=0),
     default=1.0,
@@ -485,6 +502,8 @@ def record(
     action_noise: float,
     track_cameras: str | None,
     proxy_noise: float,
+    human_video: str | None,
+    hand: str,
     max_episode_steps: int | None,
     robot: str | None,
     camera: tuple[str, ...],
@@ -527,6 +546,9 @@ def record(
         _print_session(report, out, policy=False)
         return
 
+    if human_video is not None:
+        _record_human_video(human_video, out, tasks, image_size, hand)
+        return
     suite, keys = _suite_and_obs(env or "metaworld/MT10", split, obs, tasks, task_seed)
     max_episode_steps = _max_steps(suite.name, max_episode_steps)
     workers = workers or _cpu_count()
@@ -567,6 +589,30 @@ def record(
     )
     for line in summary.short:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _record_human_video(
+    clips: str, out: str, tasks: str | None, image_size: int, hand: str
+) -> None:
+    """`il record --human-video`: clips of a hand as human episodes of one task."""
+    from il.data.store import StoreError
+    from il.human_video import HumanVideoError, record_human_videos
+
+    names = _parse_tasks(tasks)
+    if len(names) != 1:
+        raise UserError("--human-video needs the task the clips show: --tasks drawer-close-v3")
+    try:
+        recorded, skipped = record_human_videos(
+            clips, out, task=names[0], image_size=image_size, hand=hand
+        )
+    except (HumanVideoError, StoreError) as e:
+        raise UserError(str(e)) from None
+    console.print(
+        f"recorded {recorded} clips into {out} ({skipped} already there)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _human_proxy(source: str, noise_px: float) -> Any:
