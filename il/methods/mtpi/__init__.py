@@ -4,6 +4,8 @@ that one policy learns from robot demonstrations and from videos of a hand toget
 
 What lives here so far:
 
+- `lift` — inference from predicted tracks to a command: outlier clean-up, DLT, Kabsch to an
+  end-effector target, gripper hysteresis across the two views.
 - `retarget` — the keypoint retargeting network: a small MLP trained on human keypoints alone
   to map any five-point configuration (a hand tracker's noisy one, or a robot's gripper) onto
   the geometry of a hand, applied to every sample's conditioning keypoints so that robot and
