@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Appearance", "HumanProxy", "distort_keypoints", "grasp_from_masks"]
+__all__ = ["Appearance", "HumanProxy", "checkerboard", "distort_keypoints", "grasp_from_masks"]
 
 SKIN_RGBA = (0.87, 0.67, 0.55, 1.0)
 """The gripper's colour in a proxy video."""
@@ -27,11 +27,14 @@ TABLE_RGBA = (0.35, 0.45, 0.6, 1.0)
 
 @dataclass(frozen=True)
 class Appearance:
-    """How a proxy video looks: the gripper in `gripper_rgba` (alpha 0 hides it) and the
-    table in `table_rgba`."""
+    """How a proxy video looks: the gripper in `gripper_rgba` (alpha 0 hides it), the table in
+    `table_rgba`, and distractor textures on the floor and walls."""
 
     gripper_rgba: tuple[float, float, float, float] = SKIN_RGBA
     table_rgba: tuple[float, float, float, float] = TABLE_RGBA
+    distractors: bool = True
+    """Paint the floor and the walls with a checkerboard (`checkerboard`) instead of their own
+    textures: clutter the robot's demonstrations never show."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,15 @@ class HumanProxy:
         if self.hide_gripper:
             return Appearance(gripper_rgba=(0.0, 0.0, 0.0, 0.0))
         return Appearance()
+
+
+def checkerboard(width: int, height: int, channels: int, squares: int = 8) -> np.ndarray:
+    """A (height, width, channels) uint8 texture of `squares` x `squares` squares in two
+    colours unlike anything in the scene (orange and teal)."""
+    v, u = np.mgrid[0:height, 0:width]
+    odd = ((u * squares // max(width, 1)) + (v * squares // max(height, 1))) % 2 == 1
+    a, b = np.array([230, 120, 40, 255]), np.array([30, 150, 150, 255])
+    return np.where(odd[..., None], a[:channels], b[:channels]).astype(np.uint8)
 
 
 def distort_keypoints(points: np.ndarray, proxy: HumanProxy) -> np.ndarray:

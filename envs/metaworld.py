@@ -866,6 +866,16 @@ _PROXY_GRASP = (
     "render) in either view, for several frames in a row (attrs source.human_proxy)"
 )
 _GRIPPER_BODIES = ("hand", "rightclaw", "rightpad", "leftclaw", "leftpad")
+_DISTRACTOR_TEXTURES = ("T_floor", "T_wallmetal")
+
+
+def _paint(model: mujoco.MjModel, name: str, pattern: Any) -> None:
+    """Overwrite texture `name` with `pattern(width, height, channels)`; the renderer made
+    after this uploads it (textures go to the GL context when it is created)."""
+    texture = model.texture(name)
+    w, h, c = int(texture.width[0]), int(texture.height[0]), int(texture.nchannel[0])
+    start = int(model.tex_adr[texture.id])
+    model.tex_data[start : start + w * h * c] = pattern(w, h, c).ravel()
 
 
 def _human_proxy_episode(
@@ -878,7 +888,7 @@ def _human_proxy_episode(
 ) -> dict[str, np.ndarray]:
     """The episode's views, keypoints and grasp bits as a person's video would give them,
     replayed from its sim states (`envs.human_proxy`)."""
-    from envs.human_proxy import distort_keypoints, grasp_from_masks
+    from envs.human_proxy import checkerboard, distort_keypoints, grasp_from_masks
 
     unwrapped = getattr(env, "unwrapped", env)
     sim = unwrapped.sim
@@ -888,7 +898,7 @@ def _human_proxy_episode(
     gripper = np.isin(body_of, [model.body(n).id for n in _GRIPPER_BODIES])
     table = body_of == model.body("tablelink").id
     objects = _object_geoms(model)
-    saved = model.geom_rgba.copy(), model.geom_matid.copy()
+    saved = model.geom_rgba.copy(), model.geom_matid.copy(), model.tex_data.copy()
     size = cameras[0].width
     renderer = Renderer(model, size, size)
     images: dict[str, list[np.ndarray]] = {c.name: [] for c in cameras}
@@ -898,6 +908,9 @@ def _human_proxy_episode(
         model.geom_rgba[gripper] = appearance.gripper_rgba
         model.geom_rgba[table] = appearance.table_rgba
         model.geom_matid[gripper | table] = -1  # a material's colour would win over the rgba
+        if appearance.distractors:
+            for name in _DISTRACTOR_TEXTURES:
+                _paint(model, name, checkerboard)
         for state in arrays["sim_state"]:
             unwrapped.set_sim_state(state)
             points.append(gripper_keypoints(sim))
@@ -910,7 +923,7 @@ def _human_proxy_episode(
                     & (seen[..., 0] >= 0)
                 )
     finally:
-        model.geom_rgba[:], model.geom_matid[:] = saved
+        model.geom_rgba[:], model.geom_matid[:], model.tex_data[:] = saved
         renderer.close()
     rng = np.random.default_rng([seed, 11])
     hand = distort_keypoints(np.stack(points), proxy)
