@@ -514,7 +514,9 @@ def record(
     on_disconnect: str,
 ) -> None:
     """Record demonstrations into a DemoStore (resumes into an existing one): from the
-    scripted experts, or with --robot and --teleop from an operator driving a robot."""
+    scripted experts (or their episodes as a video of a hand, --source human-proxy), from clips
+    of a person's hand (--human-video), or with --robot and --teleop from an operator driving
+    a robot."""
     from il.data.store import StoreError
     from il.record import record_expert
 
