@@ -39,6 +39,7 @@ import numpy as np
 from envs.camera import CameraModel, triangulate
 from envs.tracks import GRASP_KEY, KEYPOINTS, TRACKS_ATTR, camera_attrs, track_key, track_keys
 from il.data.store import DemoStore, KeySpec, StoreSchema
+from robots.base import CameraIntrinsics, square_crop, square_intrinsics
 
 __all__ = ["HumanVideoError", "record_human_videos"]
 
@@ -230,17 +231,22 @@ def _frames(folder: Path, camera: str) -> np.ndarray:
 
 
 def _square(model: CameraModel, size: int) -> tuple[CameraModel, tuple[int, int, int]]:
-    """The centred square crop of the camera's image, resized to `size`: its model and the
-    crop (x0, y0, side)."""
-    side = min(model.width, model.height)
-    x0, y0 = (model.width - side) // 2, (model.height - side) // 2
-    s = size / side
-    K = model.K.copy()
-    K[0, 0] *= s
-    K[1, 1] *= s
-    K[0, 2] = (model.K[0, 2] - x0 + 0.5) * s - 0.5
-    K[1, 2] = (model.K[1, 2] - y0 + 0.5) * s - 0.5
-    return CameraModel(model.name, size, size, K, model.R, model.t), (x0, y0, side)
+    """The centred square crop of the camera's image, resized to `size`, as a robot camera
+    delivers its frames (`robots.base.square_crop`): its model and the crop (x0, y0, side)."""
+    k = square_intrinsics(
+        CameraIntrinsics(
+            model.width,
+            model.height,
+            float(model.K[0, 0]),
+            float(model.K[1, 1]),
+            float(model.K[0, 2]),
+            float(model.K[1, 2]),
+        ),
+        size,
+    )
+    K = np.array(k.matrix(), dtype=np.float64)
+    square = CameraModel(model.name, size, size, K, model.R, model.t)
+    return square, square_crop(model.width, model.height)
 
 
 def _crop_resize(images: np.ndarray, crop: tuple[int, int, int], size: int) -> np.ndarray:
